@@ -1,0 +1,1 @@
+"""Kubernetes objects to core types: snapshot files and (later) live list+watch."""

@@ -1,0 +1,1 @@
+"""Output formatting: tables for humans, stable JSON/YAML for machines."""

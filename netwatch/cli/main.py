@@ -1,5 +1,25 @@
-"""Entry point placeholder; replaced by the real command tree."""
+"""The `netwatch` command tree; each command group lives in its own module."""
+
+from __future__ import annotations
+
+import click
+
+from netwatch import __version__
+from netwatch.cli.policy import policy
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="netwatch")
+def cli() -> None:
+    """netwatch: Kubernetes network traffic against NetworkPolicy, offline or live."""
+
+
+cli.add_command(policy)
 
 
 def main() -> None:
-    raise SystemExit(0)
+    cli()
+
+
+if __name__ == "__main__":
+    main()

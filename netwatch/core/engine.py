@@ -392,6 +392,10 @@ class PolicyEngine:
 
     # ----------------------------------------------------------------- matrix
 
+    def named_port_pods(self, name: str, protocol: Protocol, port: int) -> Bits:
+        """Pods whose container port `name`/`protocol` is number `port` (§3.5)."""
+        return self._named.get((name, protocol, port), 0)
+
     def _rule_port_pods(self, rule: Rule, port: int, protocol: Protocol) -> Bits:
         """Destination pods for which the rule's ports admit port/protocol (§3.3, §3.5)."""
         if rule.all_ports:
@@ -400,7 +404,7 @@ class PolicyEngine:
         for spec in rule.ports:
             if isinstance(spec.port, str):
                 if spec.protocol is protocol:
-                    bits |= self._named.get((spec.port, protocol, port), 0)
+                    bits |= self.named_port_pods(spec.port, protocol, port)
             elif self.port_matches(spec, port, protocol, None):
                 return self.all
         return bits

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Offline walkthrough of the NetworkPolicy engine over the bundled `shop` scenario.
+# (The live demo — netns lab, one agent per node, Prometheus — replaces this once the
+# agent exists; see the issues.)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NW=".venv/bin/netwatch"
+CLUSTER="fixtures/scenarios/shop/cluster"
+bold() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+bold "The scenario: $CLUSTER (see fixtures/scenarios/shop/README.md)"
+ls "$CLUSTER"
+
+bold "Can the frontend reach the cart API on 8080?"
+$NW policy check --cluster "$CLUSTER" --src shop/frontend-6d9f8-abcde --dst shop/cart-5c7b9-klmno --port 8080 2>/dev/null || true
+
+bold "Can the frontend talk to the database directly?"
+$NW policy check --cluster "$CLUSTER" --src shop/frontend-6d9f8-abcde --dst shop/db-0 --port postgres 2>/dev/null || true
+
+bold "Can the node itself probe the database (kubelet health checks)?"
+$NW policy check --cluster "$CLUSTER" --src 192.168.56.12 --dst shop/db-0 --port 5432 2>/dev/null || true
+
+bold "Who may reach whom on TCP/8080?"
+$NW policy matrix --cluster "$CLUSTER" --port 8080 --protocol TCP 2>/dev/null
+
+bold "Static findings (the invalid object in broken.yaml is reported, the rest still loads)"
+$NW policy lint --cluster "$CLUSTER"
+
+bold "Machine-readable output: add -o json (documented in README.md)"
+echo "$NW policy check --cluster $CLUSTER --src shop/frontend-6d9f8-abcde --dst shop/db-0 --port 5432 -o json"

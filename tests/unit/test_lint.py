@@ -19,7 +19,6 @@ from netwatch.core.model import POLICY_PROTOCOLS, Direction, LoadProblem, PodPha
 from netwatch.core.policy import NetworkPolicy
 from tests.builders import (
     cport,
-    deny_all,
     engine,
     expr,
     ip_peer,
@@ -288,10 +287,8 @@ PEERS = st.one_of(
     ),
 )
 PORTS = st.one_of(
-    st.builds(
-        lambda n, p: port(n, p), st.sampled_from([80, 81, 53]), st.sampled_from(["TCP", "UDP"])
-    ),
-    st.builds(lambda n: port(n), st.sampled_from(["http", "dns"])),
+    st.builds(port, st.sampled_from([80, 81, 53]), st.sampled_from(["TCP", "UDP"])),
+    st.builds(port, st.sampled_from(["http", "dns"])),
     st.builds(lambda a: port(a, end=a + 2), st.sampled_from([79, 80])),
     st.just(port()),
 )

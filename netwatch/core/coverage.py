@@ -100,8 +100,7 @@ class Coverage:
             return [spec.port]
         if isinstance(spec.port, str):
             if direction is Direction.INGRESS:
-                n = subject.named_port(spec.port, spec.protocol)
-                return [] if n is None else [n]
+                return list(subject.named_ports(spec.port, spec.protocol))
             return sorted(self._named_numbers.get((spec.port, spec.protocol), ()))
         return []
 
@@ -144,12 +143,12 @@ class Coverage:
     ) -> bool:
         """Whether everything `target` admits for `subject` is admitted by some of `others`.
 
-        The subject itself is left out: a pod's traffic to itself is always allowed (§3.7).
+        The subject's traffic to itself (always allowed, §3.7) is deliberately *not* left
+        out: callers answer for a whole class of pods through one representative, and
+        only a pod-independent question is valid for all of them.
         """
-        self_bit = 1 << self.engine.index[subject.key]
         for atom in self.atoms([target, *others], direction=direction, subject=subject):
             t_pods, t_ips = self.admitted(target, atom, direction=direction, subject=subject)
-            t_pods &= ~self_bit
             if not t_pods and not t_ips:
                 continue
             o_pods = 0

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from netwatch.core.bitset import Bits, bit_string, has, iter_bits
 from netwatch.core.cluster import Cluster
-from netwatch.core.model import Direction, NamespaceName, Pod, Protocol
+from netwatch.core.model import POLICY_PROTOCOLS, Direction, NamespaceName, Pod, Protocol
 from netwatch.core.policy import IPAddress, NetworkPolicy, Peer, PolicyKey, PortSpec, Rule
 from netwatch.core.selectors import LabelSelector, Operator
 
@@ -307,8 +307,13 @@ class PolicyEngine:
             return True
         if isinstance(spec.port, str):
             # §3.5: named ports resolve against the destination pod, protocol included;
-            # never against an IP peer.
-            return dst is not None and dst.named_port(spec.port, protocol) == port
+            # never against an IP peer. Names are unique per container, not per pod: any
+            # container port with the name counts (as in the matrix and upstream's
+            # kube-network-policies), not just the first.
+            return dst is not None and any(
+                cp.name == spec.port and cp.protocol is protocol and cp.port == port
+                for cp in dst.container_ports
+            )
         if spec.end_port is not None:
             return spec.port <= port <= spec.end_port  # §3.5: inclusive range
         return spec.port == port
@@ -355,7 +360,7 @@ class PolicyEngine:
 
     def evaluate(self, client: Target, server: Target, port: int, protocol: Protocol) -> Verdict:
         """Whether `client` may open a connection to `server` on port/protocol."""
-        if protocol not in (Protocol.TCP, Protocol.UDP, Protocol.SCTP):
+        if protocol not in POLICY_PROTOCOLS:
             raise ValueError(f"NetworkPolicy does not evaluate {protocol.value}")
         egress = self._side(
             direction=Direction.EGRESS,
@@ -411,6 +416,8 @@ class PolicyEngine:
 
     def matrix(self, port: int, protocol: Protocol) -> Matrix:
         """Every ordered pair of pods that have an IP (hostNetwork pods excluded)."""
+        if protocol not in POLICY_PROTOCOLS:
+            raise ValueError(f"NetworkPolicy does not evaluate {protocol.value}")
         n = len(self.pods)
         ing_iso = eg_iso = 0
         ing_acc = [0] * n  # per destination: admitted sources

@@ -138,7 +138,7 @@ class _Linter:
                 for i in iter_bits(self.engine.rule_peer_pods(rule, scoped.namespace))
             ]
         return any(
-            pod.named_port(str(s.port), s.protocol) is not None for s in rule.ports for pod in pods
+            pod.named_ports(str(s.port), s.protocol) for s in rule.ports for pod in pods
         )
 
     # ------------------------------------------------------------ redundancy

@@ -144,10 +144,14 @@ class Pod:
 
     def named_port(self, name: str, protocol: Protocol) -> int | None:
         """Resolve a named port against this pod's containers, protocol included."""
-        for cp in self.container_ports:
-            if cp.name == name and cp.protocol is protocol:
-                return cp.port
-        return None
+        numbers = self.named_ports(name, protocol)
+        return numbers[0] if numbers else None
+
+    def named_ports(self, name: str, protocol: Protocol) -> tuple[int, ...]:
+        """Every number a name resolves to: names are unique per container, not per pod."""
+        return tuple(
+            cp.port for cp in self.container_ports if cp.name == name and cp.protocol is protocol
+        )
 
 
 @dataclass(frozen=True, slots=True)

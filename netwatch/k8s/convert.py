@@ -97,11 +97,12 @@ def _container_ports(r: ObjectReader, value: object, field: str) -> list[Contain
     for j, raw in enumerate(r.items(value, field)):
         path = f"{field}[{j}]"
         entry = r.mapping(raw, path)
+        if entry.get("containerPort") is None:
+            r.error(f"{path}.containerPort", "required")
         number = r.integer(entry.get("containerPort"), f"{path}.containerPort")
         protocol = r.protocol(entry.get("protocol"), f"{path}.protocol")
         name = r.string(entry.get("name"), f"{path}.name")
         if number is None:
-            r.error(f"{path}.containerPort", "required")
             continue
         ports.append(ContainerPort(number, protocol, name or None))
     return ports
@@ -142,6 +143,8 @@ def service_from_dict(obj: Mapping[str, Any], *, source: str) -> Service:
     for i, raw in enumerate(r.items(spec.get("ports"), "spec.ports")):
         path = f"spec.ports[{i}]"
         entry = r.mapping(raw, path)
+        if entry.get("port") is None:
+            r.error(f"{path}.port", "required")
         port = r.integer(entry.get("port"), f"{path}.port")
         target = entry.get("targetPort")
         if target is not None and (isinstance(target, bool) or not isinstance(target, int | str)):
@@ -152,7 +155,6 @@ def service_from_dict(obj: Mapping[str, Any], *, source: str) -> Service:
         protocol = r.protocol(entry.get("protocol"), f"{path}.protocol")
         name = r.string(entry.get("name"), f"{path}.name")
         if port is None:
-            r.error(f"{path}.port", "required")
             continue
         # The API server defaults targetPort to port.
         ports.append(ServicePort(port, port if target is None else target, protocol, name or None))

@@ -209,16 +209,14 @@ def read_metadata(
         raise InvalidObject([problem])
     r = ObjectReader(source=source, obj=object_name(obj, kind=kind, namespaced=namespaced))
     meta = r.mapping(obj.get("metadata"), "metadata")
-    name = r.string(meta.get("name"), "metadata.name")
-    if not name:
+    if meta.get("name") in (None, ""):
         r.error("metadata.name", "required: the object has no name")
-        name = ""
+    name = r.string(meta.get("name"), "metadata.name") or ""
     namespace = DEFAULT_NAMESPACE
     if namespaced:
         # Objects written without a namespace land in `default`, as with `kubectl apply`.
-        namespace = NamespaceName(
-            r.string(meta.get("namespace"), "metadata.namespace") or "default"
-        )
+        given = r.string(meta.get("namespace"), "metadata.namespace")
+        namespace = NamespaceName(given) if given else DEFAULT_NAMESPACE
     labels = r.labels(meta.get("labels"), "metadata.labels")
     uid = r.string(meta.get("uid"), "metadata.uid")
     owners = _owner_refs(r, meta.get("ownerReferences"))

@@ -85,9 +85,8 @@ def _policy_types(r: ObjectReader, value: object) -> list[str] | None:
                 f"spec.policyTypes[{i}]",
                 f"unsupported policy type {describe_value(item)} (expected Ingress or Egress)",
             )
-        elif item in types:
-            r.error(f"spec.policyTypes[{i}]", f"duplicate policy type {item!r}")
-        else:
+        elif item not in types:
+            # Upstream validation only bounds the length: [Ingress, Ingress] is accepted.
             types.append(item)
     return types
 
@@ -201,12 +200,21 @@ def _parse_cidr(r: ObjectReader, value: object, field: str) -> IPNetwork | None:
     if not isinstance(value, str):
         r.error(field, f"expected a CIDR string, got {describe_value(value)}")
         return None
-    _, slash, prefix = value.partition("/")
+    address, slash, prefix = value.partition("/")
     try:
-        if not slash or not prefix.isdigit():
-            raise ValueError("expected address/prefix-length")
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        r.error(field, f"invalid CIDR {value!r}: {address!r} is not an IP address")
+        return None
+    if not slash or not prefix.isdigit():
+        r.error(field, f"invalid CIDR {value!r}: expected address/prefix-length, e.g. 10.0.0.0/8")
+        return None
+    if int(prefix) > ip.max_prefixlen:
+        r.error(field, f"invalid CIDR {value!r}: prefix length {prefix} exceeds {ip.max_prefixlen}")
+        return None
+    try:
         return ipaddress.ip_network(value, strict=False)
-    except ValueError as exc:
+    except ValueError as exc:  # e.g. an IPv6 zone index
         r.error(field, f"invalid CIDR {value!r}: {exc}")
         return None
 

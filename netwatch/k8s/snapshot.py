@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
@@ -49,6 +48,7 @@ from netwatch.k8s.convert import (
     workload_from_dict,
 )
 from netwatch.k8s.fields import describe_value
+from netwatch.k8s.yamldocs import load_all, load_one, split_documents, syntax_error_message
 
 EXTENSIONS = (".yaml", ".yml", ".json")
 _T = TypeVar("_T")
@@ -72,28 +72,6 @@ _GROUPS: Mapping[str, frozenset[str]] = {
     "Job": frozenset({"batch"}),
     "CronJob": frozenset({"batch"}),
 }
-
-
-def _make_yaml_loader() -> Any:
-    """libyaml's safe loader (the benchmark loads thousands of pods), else the pure one.
-
-    Timestamps stay strings — building datetimes for every `creationTimestamp` is slow
-    and nothing here reads them — and so does `=`, which SafeLoader cannot construct.
-    """
-    base: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    dropped = {"tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:value"}
-    resolvers = {
-        first: [(tag, rx) for tag, rx in entries if tag not in dropped]
-        for first, entries in base.yaml_implicit_resolvers.items()
-    }
-    return type("SnapshotLoader", (base,), {"yaml_implicit_resolvers": resolvers})
-
-
-_YAML_LOADER = _make_yaml_loader()
-# YAML forbids `---`/`...` at column 0 inside content, so these lines always split
-# documents; used only to recover the documents around a syntax error.
-_DOC_START = re.compile(r"^---(?:[ \t]|$)")
-_DOC_END = re.compile(r"^\.\.\.(?:[ \t]|$)")
 
 
 @dataclass(frozen=True)
@@ -218,7 +196,7 @@ class _SnapshotLoader:
     def _parse_yaml(self, path: str, data: bytes) -> list[tuple[int, object]]:
         """All documents, numbered from 1; `None` slots keep numbering after a bad one."""
         try:
-            return list(enumerate(yaml.load_all(data, Loader=_YAML_LOADER), 1))
+            return list(enumerate(load_all(data), 1))
         except yaml.YAMLError:
             pass  # re-read document by document below to keep the good ones
         try:
@@ -226,22 +204,25 @@ class _SnapshotLoader:
         except UnicodeDecodeError as exc:
             self.problem(path, "file", "", f"not UTF-8 text: {exc}")
             return []
-        chunks = _split_documents(text)
+        chunks = split_documents(text)
         docs: list[tuple[int, object]] = []
         for number, (first_line, chunk) in enumerate(chunks, 1):
             try:
-                docs.append((number, yaml.load(chunk, Loader=_YAML_LOADER)))
+                docs.append((number, load_one(chunk)))
             except yaml.YAMLError as exc:
-                source = f"{path} (document {number})" if len(chunks) > 1 else path
-                self.problem(source, "YAML document", "", _yaml_error(exc, first_line))
-                # Keep the count honest so sources of later documents say "(document N)".
-                docs.append((number, None))
+                # Reported in document order, with the objects' own problems.
+                docs.append(
+                    (number, _SyntaxError(syntax_error_message(exc, first_line=first_line)))
+                )
         return docs
 
     # ---------------------------------------------------------------- objects
 
     def add_document(self, doc: object, source: str) -> None:
         if doc is None:  # an empty document: `---` twice, or a comment-only file
+            return
+        if isinstance(doc, _SyntaxError):
+            self.problem(source, "YAML document", "", doc.message)
             return
         if not isinstance(doc, Mapping):
             self.problem(
@@ -258,16 +239,21 @@ class _SnapshotLoader:
         source = f"{base} {where}" if where else base
         kind = obj.get("kind")
         if not isinstance(kind, str) or not kind:
-            what = "missing kind" if kind is None else f"kind {describe_value(kind)} is not a name"
-            self.problem(source, _anonymous(obj), "kind", f"{what}: cannot tell what this is")
+            what = (
+                "missing kind"
+                if kind is None
+                else f"kind must be a name, got {describe_value(kind)}"
+            )
+            self.problem(
+                source, _anonymous(obj), "kind", f"{what}: cannot tell what object this is"
+            )
             return
         if kind == "List" or (kind.endswith("List") and "items" in obj):
             self._add_list(obj, kind=kind, base=base, where=where)
             return
         groups = _GROUPS.get(kind)
         api = obj.get("apiVersion")
-        group = api.rpartition("/")[0] if isinstance(api, str) else ""
-        if groups is None or group not in groups:
+        if groups is None or (isinstance(api, str) and api.rpartition("/")[0] not in groups):
             self.skipped += 1
             return
         try:
@@ -322,6 +308,13 @@ class _SnapshotLoader:
                 self.workloads.append(workload_from_dict(obj, source=source))
 
 
+@dataclass(frozen=True, slots=True)
+class _SyntaxError:
+    """Stands in for a document that did not parse, so it is reported in its place."""
+
+    message: str
+
+
 def _anonymous(obj: Mapping[str, Any]) -> str:
     """What can be said about an object without a kind, for `LoadProblem.obj`."""
     meta = obj.get("metadata")
@@ -330,46 +323,6 @@ def _anonymous(obj: Mapping[str, Any]) -> str:
         return "object without kind or name"
     ns = meta.get("namespace") if isinstance(meta, Mapping) else None
     return f"object {ns}/{name}" if isinstance(ns, str) and ns else f"object {name}"
-
-
-def _split_documents(text: str) -> list[tuple[int, str]]:
-    """Cut a YAML stream at document markers: (0-based first line, text) per document.
-
-    A stretch holding only blanks, comments, directives or `...` is not a document
-    (`yaml.load_all` yields none for it), so numbering matches the parser's.
-    """
-    chunks: list[tuple[int, list[str]]] = [(0, [])]
-    for lineno, line in enumerate(text.splitlines(keepends=True)):
-        if _DOC_START.match(line):
-            chunks.append((lineno, [line]))
-        elif _DOC_END.match(line):
-            chunks[-1][1].append(line)
-            chunks.append((lineno + 1, []))
-        else:
-            chunks[-1][1].append(line)
-    docs: list[tuple[int, str]] = []
-    for first, lines in chunks:
-        explicit = bool(lines) and _DOC_START.match(lines[0]) is not None
-        if explicit or any(_is_content(line) for line in lines):
-            docs.append((first, "".join(lines)))
-    return docs
-
-
-def _is_content(line: str) -> bool:
-    stripped = line.strip()
-    return bool(stripped) and not stripped.startswith(("#", "%")) and not _DOC_END.match(line)
-
-
-def _yaml_error(exc: yaml.YAMLError, first_line: int) -> str:
-    """`syntax error at line L, column C: …` with L counted from the top of the file."""
-    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
-        mark = exc.problem_mark
-        where = f"line {first_line + mark.line + 1}, column {mark.column + 1}"
-        detail = exc.problem or "invalid YAML"
-        if exc.context:
-            detail = f"{detail} ({exc.context})"
-        return f"syntax error at {where}: {detail}"
-    return f"syntax error: {exc}"
 
 
 def _last_wins(items: Iterable[_T], key: Callable[[_T], str]) -> list[_T]:

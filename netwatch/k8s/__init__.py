@@ -1,1 +1,1 @@
-"""Kubernetes objects to core types: snapshot files and (later) live list+watch."""
+"""Kubernetes objects to core types: snapshot files (one-shot or reloading) and live list+watch."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from netwatch import __version__
+from netwatch.cli.inventory import inventory
+from netwatch.cli.lab import lab
 from netwatch.cli.policy import policy
 
 
@@ -15,6 +17,8 @@ def cli() -> None:
 
 
 cli.add_command(policy)
+cli.add_command(lab)
+cli.add_command(inventory)
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from netwatch.core.model import (
     Namespace,
     NamespaceName,
     Node,
+    OwnerRef,
     Pod,
     Service,
     Workload,
@@ -29,6 +30,8 @@ from netwatch.core.policy import NetworkPolicy, PolicyKey
 
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 _T = TypeVar("_T")
+OwnerKey = tuple[str, NamespaceName, str]
+"""`(kind, namespace, name)` of a controller object, e.g. `("ReplicaSet", "shop", "rs-1")`."""
 
 
 @dataclass(frozen=True)
@@ -42,9 +45,7 @@ class Cluster:
     endpoint_slices: tuple[EndpointSlice, ...] = ()
     nodes: tuple[Node, ...] = ()
     workload_objects: tuple[WorkloadObject, ...] = ()
-    _owners: Mapping[tuple[str, NamespaceName, str], WorkloadObject] = field(
-        default_factory=dict, repr=False
-    )
+    _owners: Mapping[OwnerKey, WorkloadObject] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(
@@ -79,7 +80,7 @@ class Cluster:
             endpoint_slices=tuple(endpoint_slices),
             nodes=tuple(sorted(nodes, key=lambda n: n.name)),
             workload_objects=wl,
-            _owners={(w.kind.value, w.namespace, w.name): w for w in wl},
+            _owners={owner_key(w): w for w in wl},
         )
 
     def namespace_labels(self, name: NamespaceName) -> Labels:
@@ -94,34 +95,47 @@ class Cluster:
 
     def workload_of(self, pod: Pod) -> Workload:
         """The pod's top controller; owners missing from the dump are inferred by name."""
-        controller = next((o for o in pod.owners if o.controller), None) or next(
-            iter(pod.owners), None
-        )
-        if controller is None:
-            return Workload(pod.namespace, pod.name, WorkloadKind.POD)
-        kind, name = controller.kind, controller.name
-        for _ in range(8):  # ownership chains are short; the bound guards against cycles
-            obj = self._owners.get((kind, pod.namespace, name))
-            if obj is None:
-                break
-            parent = next((o for o in obj.owners if o.controller), None)
-            if parent is None:
-                break
-            kind, name = parent.kind, parent.name
-        if (
-            kind == WorkloadKind.REPLICA_SET.value
-            and (kind, pod.namespace, name) not in self._owners
-        ):
-            # ReplicaSet not in the dump: Deployments name theirs `<deploy>-<pod-template-hash>`.
-            suffix = pod.labels.get("pod-template-hash")
-            if suffix and name.endswith("-" + suffix):
-                return Workload(pod.namespace, name[: -len(suffix) - 1], WorkloadKind.DEPLOYMENT)
-        try:
-            wk = WorkloadKind(kind)
-        except ValueError:
-            # A custom controller (e.g. an operator's CRD): keep its name, call it a Pod owner.
-            return Workload(pod.namespace, name, WorkloadKind.POD)
-        return Workload(pod.namespace, name, wk)
+        return resolve_workload(pod, self._owners)
+
+
+def owner_key(obj: WorkloadObject) -> OwnerKey:
+    return (obj.kind.value, obj.namespace, obj.name)
+
+
+def controller_ref(owners: tuple[OwnerRef, ...]) -> OwnerRef | None:
+    """The managing owner: the `controller: true` reference, else the first one."""
+    return next((o for o in owners if o.controller), None) or next(iter(owners), None)
+
+
+def resolve_workload(pod: Pod, owners: Mapping[OwnerKey, WorkloadObject]) -> Workload:
+    """A pod's top owner (Pod→ReplicaSet→Deployment, Job→CronJob, StatefulSet, DaemonSet).
+
+    Shared by `Cluster` (one snapshot) and the identity index (a changing inventory), so
+    both give the same answer. Owners missing from `owners` are inferred by name.
+    """
+    controller = controller_ref(pod.owners)
+    if controller is None:
+        return Workload(pod.namespace, pod.name, WorkloadKind.POD)
+    kind, name = controller.kind, controller.name
+    for _ in range(8):  # ownership chains are short; the bound guards against cycles
+        obj = owners.get((kind, pod.namespace, name))
+        if obj is None:
+            break
+        parent = next((o for o in obj.owners if o.controller), None)
+        if parent is None:
+            break
+        kind, name = parent.kind, parent.name
+    if kind == WorkloadKind.REPLICA_SET.value and (kind, pod.namespace, name) not in owners:
+        # ReplicaSet not in the dump: Deployments name theirs `<deploy>-<pod-template-hash>`.
+        suffix = pod.labels.get("pod-template-hash")
+        if suffix and name.endswith("-" + suffix):
+            return Workload(pod.namespace, name[: -len(suffix) - 1], WorkloadKind.DEPLOYMENT)
+    try:
+        wk = WorkloadKind(kind)
+    except ValueError:
+        # A custom controller (e.g. an operator's CRD): keep its name, call it a Pod owner.
+        return Workload(pod.namespace, name, WorkloadKind.POD)
+    return Workload(pod.namespace, name, wk)
 
 
 def _last_wins(items: Iterable[_T], key: Callable[[_T], str]) -> list[_T]:

@@ -128,6 +128,9 @@ class Pod:
     phase: PodPhase = PodPhase.RUNNING
     container_ports: tuple[ContainerPort, ...] = ()
     owners: tuple[OwnerRef, ...] = ()
+    created_at: float | None = None
+    """`metadata.creationTimestamp` as epoch seconds (API server clock), when known. The
+    identity index uses it to order pods claiming one IP and to bound snapshot pods."""
 
     @property
     def key(self) -> str:

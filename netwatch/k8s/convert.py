@@ -15,6 +15,7 @@ shared field-reading helpers in `fields`. `snapshot` drives these over files.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from netwatch.core.model import (
@@ -87,9 +88,28 @@ def pod_from_dict(obj: Mapping[str, Any], *, source: str) -> Pod:
         phase=phase,
         container_ports=tuple(ports),
         owners=meta.owners,
+        created_at=_timestamp(r.mapping(obj.get("metadata"), "metadata").get("creationTimestamp")),
     )
     r.check()
     return pod
+
+
+def _timestamp(value: object) -> float | None:
+    """RFC 3339 (`2026-11-27T12:00:00Z`) → epoch seconds; absent or unparsable → None.
+
+    Lenient on purpose: a creation time only orders pods that claim one IP, so a bad one
+    must not cost the whole pod. YAML loaders may already have produced a datetime.
+    """
+    if isinstance(value, datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return moment.timestamp()
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    return None
 
 
 def _container_ports(r: ObjectReader, value: object, field: str) -> list[ContainerPort]:

@@ -748,3 +748,21 @@ def test_policy_conversion_never_crashes(spec: Any, metadata: Any) -> None:
         policy_from_dict(obj, source=SRC)
     except InvalidObject as exc:
         assert exc.problems
+
+
+@pytest.mark.parametrize(
+    ("stamp", "expected"),
+    [
+        ("2026-11-27T12:00:00Z", 1795780800.0),
+        ("2026-11-27T13:00:00+01:00", 1795780800.0),
+        ("not a time", None),
+        (None, None),
+    ],
+)
+def test_pod_creation_timestamp_becomes_epoch_seconds(
+    stamp: str | None, expected: float | None
+) -> None:
+    obj: dict[str, Any] = {"kind": "Pod", "metadata": {"name": "p", "namespace": "x"}}
+    if stamp is not None:
+        obj["metadata"]["creationTimestamp"] = stamp
+    assert pod_from_dict(obj, source=SRC).created_at == expected

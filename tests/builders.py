@@ -127,8 +127,12 @@ def port(
 
 
 def rule(peers: Sequence[Peer] | None = None, ports: Sequence[PortSpec] = ()) -> Rule:
-    """`rule()` is `{}`: every peer (IPs included), every port and protocol."""
-    return Rule(peers=tuple(peers) if peers is not None else None, ports=tuple(ports))
+    """`rule()` is `{}`: every peer (IPs included), every port and protocol.
+
+    `rule([])` is `from: []`, which means every peer too (§3.3): it becomes `peers=None`
+    as in the loader, because `Rule(peers=())` would admit no peer at all.
+    """
+    return Rule(peers=tuple(peers) if peers else None, ports=tuple(ports))
 
 
 def policy(

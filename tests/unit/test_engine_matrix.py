@@ -303,3 +303,10 @@ def test_matrix_with_nodes_is_unaffected_by_node_local_exemption() -> None:
     pods = [pod("x/a", ip="10.0.0.1", node="n1"), pod("x/b", ip="10.0.0.2", node="n1")]
     eng = engine(pods=pods, policies=[deny_all("x/deny")], nodes=[Node(name=NODES[0].name)])
     assert assert_matrix_matches_evaluate(eng, 80, Protocol.TCP).rows == ("10", "01")
+
+
+def test_matrix_refuses_icmp_like_evaluate() -> None:
+    _, pods, _ = open_cluster()
+    eng = engine(pods=pods)
+    with pytest.raises(ValueError, match="ICMP"):
+        eng.matrix(0, Protocol.ICMP)

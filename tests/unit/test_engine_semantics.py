@@ -23,7 +23,7 @@ from netwatch.core.engine import (
     RuleRef,
     Target,
 )
-from netwatch.core.model import Direction, PodPhase, Protocol
+from netwatch.core.model import Direction, NamespaceName, PodPhase, Protocol
 from netwatch.core.policy import (
     NetworkPolicy,
     Peer,
@@ -519,6 +519,22 @@ def web_egress(*rules: Rule) -> list[NetworkPolicy]:
         ),
         row("empty-rule-admits-pods", web_ingress(rule()), "prod/db", "prod/web", 80, True),
         row(
+            "empty-from-list-admits-external-ips",
+            web_ingress(rule([], [port(80)])),
+            EXT,
+            "prod/web",
+            80,
+            True,
+        ),
+        row(
+            "empty-from-list-admits-pods",
+            web_ingress(rule([], [port(80)])),
+            "other/x",
+            "prod/web",
+            80,
+            True,
+        ),
+        row(
             "empty-rule-admits-other-namespaces",
             web_ingress(rule()),
             "dev/tool",
@@ -832,6 +848,30 @@ def test_peers_select_pods_by_namespace_and_labels(
     assert_row(policies, src, dst, port_number, protocol, allowed)
 
 
+def test_namespace_known_only_from_its_pods_still_has_its_name_label() -> None:
+    # No Namespace object for "ghost": Cluster.build adds kubernetes.io/metadata.name.
+    eng = engine(
+        pods=[pod("ghost/g", ip="10.0.9.1"), *WORLD_PODS],
+        policies=[
+            policy(
+                "prod/db-in",
+                DB,
+                ingress=[
+                    rule([peer(namespaces=sel_labels({NAMESPACE_NAME_LABEL: "ghost"}))], [port(1)]),
+                    rule([peer(namespaces=sel(expr("env", "NotIn", "prod")))], [port(2)]),
+                    rule([peer(namespaces=sel(env="dev"))], [port(3)]),
+                ],
+            )
+        ],
+        namespaces=NAMESPACES,
+        nodes=NODES,
+    )
+    assert verdict(eng, "ghost/g", "prod/db", 1).allowed
+    assert verdict(eng, "ghost/g", "prod/db", 2).allowed
+    assert not verdict(eng, "ghost/g", "prod/db", 3).allowed
+    assert eng.cluster.namespace_labels(NamespaceName("ghost")) == {NAMESPACE_NAME_LABEL: "ghost"}
+
+
 # ======================================================================== §3.5
 
 
@@ -897,6 +937,22 @@ def test_named_port_does_not_match_external_ip() -> None:
     eng = world(*web_to([ip_peer("0.0.0.0/0")], port("http")))
     assert not verdict(eng, "prod/web", EXT, 80).allowed
     assert verdict(eng, "prod/web", "prod/db", 8080).allowed  # name resolved on prod/db
+
+
+def test_named_port_declared_by_two_containers_admits_both_numbers() -> None:
+    # Port names are unique per container, not per pod: both containers' "http" count,
+    # in `evaluate` as in `matrix` (kube-network-policies checks every container port).
+    pods = [
+        pod("x/client", ip="10.0.0.1"),
+        pod("x/srv", {"r": "s"}, ip="10.0.0.2", ports=[cport("http", 80), cport("http", 8080)]),
+    ]
+    eng = engine(
+        pods=pods, policies=[policy("x/in", sel(r="s"), ingress=[rule(None, [port("http")])])]
+    )
+    for number in (80, 8080):
+        assert verdict(eng, "x/client", "x/srv", number).allowed
+        assert eng.matrix(number, Protocol.TCP).rows[0] == "11"
+    assert not verdict(eng, "x/client", "x/srv", 81).allowed
 
 
 # ======================================================================== §3.6
@@ -985,7 +1041,8 @@ DENY_PROD = [deny_all("prod/deny", sel())]
         row("pod-to-itself-allowed-under-deny-all", DENY_PROD, "prod/web", "prod/web", 80, True),
         row("pod-to-itself-allowed-over-udp", DENY_PROD, "prod/web", "prod/web", 53, True, "UDP"),
         row("pod-to-itself-by-ip-allowed", DENY_PROD, "10.0.1.10", "prod/web", 80, True),
-        row("pod-to-same-labelled-pod-denied", DENY_PROD, "prod/web", "prod/db", 80, False),
+        row("pod-to-other-pod-denied", DENY_PROD, "prod/web", "prod/db", 80, False),
+        row("pod-on-same-node-is-not-node-traffic", DENY_PROD, "prod/bare", "prod/web", 80, False),
         row("own-node-ip-to-pod-allowed", DENY_PROD, N1_IP, "prod/web", 80, True),
         row("own-node-ip-to-other-pod-allowed", DENY_PROD, N2_IP, "prod/db", 80, True),
         row("other-node-ip-to-pod-denied", DENY_PROD, N2_IP, "prod/web", 80, False),

@@ -85,6 +85,12 @@ class Rule:
     peers: tuple[Peer, ...] | None = None
     ports: tuple[PortSpec, ...] = ()
 
+    def __post_init__(self) -> None:
+        # §3.3: an empty `from`/`to` list means every peer, exactly like an absent one;
+        # normalizing here keeps `()` from ever meaning "no peer".
+        if self.peers is not None and not self.peers:
+            object.__setattr__(self, "peers", None)
+
     @property
     def all_peers(self) -> bool:
         return self.peers is None

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from policy_features import policy_features
 from synthetic_inventory import Builder, ClusterSpec, Obj
 from synthetic_policies import PolicyContext, generate_policies
 from synthetic_workloads import WorkloadWriter
@@ -43,6 +44,9 @@ class SyntheticCluster:
     """`namespace/name` of pods a matrix must contain: Running with an IP, not
     hostNetwork (Pending pods have no IP, Succeeded ones own none; DESIGN §2, §4)."""
     policy_mix: Counter[str] = field(default_factory=Counter)
+    """Policies per template (`synthetic_policies`)."""
+    policy_features: Counter[str] = field(default_factory=Counter)
+    """Policies per DESIGN §3 feature they use."""
     kinds: Counter[str] = field(default_factory=Counter)
 
     def summary(self) -> dict[str, Any]:
@@ -52,6 +56,7 @@ class SyntheticCluster:
             "kinds": dict(sorted(self.kinds.items())),
             "pods_in_matrix": len(self.matrix_pods),
             "policy_mix": dict(self.policy_mix.most_common()),
+            "policy_features": dict(sorted(self.policy_features.items())),
         }
 
 
@@ -82,6 +87,7 @@ def generate(spec: ClusterSpec) -> SyntheticCluster:
         objects=objects,
         matrix_pods=sorted(writer.matrix_pods),
         policy_mix=mix,
+        policy_features=policy_features(policies),
         kinds=Counter(o["kind"] for o in objects),
     )
 
@@ -102,7 +108,7 @@ def render(cluster: SyntheticCluster, *, layout: str = "list") -> bytes:
     """
     opts: dict[str, Any] = {"Dumper": _KubectlDumper, "sort_keys": True, "width": 1 << 16}
     if layout == "list":
-        doc = {"apiVersion": "v1", "items": cluster.objects, "kind": "List"}
+        doc: dict[str, Any] = {"apiVersion": "v1", "items": cluster.objects, "kind": "List"}
         doc["metadata"] = {"resourceVersion": ""}
         text = yaml.dump(doc, **opts)
     elif layout == "multidoc":

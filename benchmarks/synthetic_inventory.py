@@ -16,7 +16,6 @@ from __future__ import annotations
 import ipaddress
 import random
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -141,10 +140,10 @@ class Builder:
         m.update({k: v for k, v in extra.items() if v is not None})
         return m
 
-    def unique(self, make: Callable[[], str]) -> str:
-        """Call `make()` until it yields an unused name (collisions are rare, not absent)."""
+    def unique(self, prefix: str, length: int = 5) -> str:
+        """`prefix` plus a random suffix not used before (collisions are rare, not absent)."""
         while True:
-            name = make()
+            name = prefix + self.rand(length)
             if name not in self.names:
                 self.names.add(name)
                 return name

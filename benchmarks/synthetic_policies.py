@@ -210,7 +210,9 @@ def egress_to_data(ctx: PolicyContext, rng: random.Random, ns: str) -> Spec | No
         "policyTypes": ["Egress"],
         "egress": [
             {
-                "to": [{"podSelector": {"matchExpressions": [_expr("tier", "In", "data", "cache")]}}],
+                "to": [
+                    {"podSelector": {"matchExpressions": [_expr("tier", "In", "data", "cache")]}}
+                ],
                 "ports": [{"port": 5432}, {"port": 6379}, {"port": 9092}, {"port": "redis"}],
             },
             {

@@ -9,8 +9,6 @@ which pods must appear — the benchmark checks the CLI's output against it.
 
 from __future__ import annotations
 
-from typing import Any
-
 from synthetic_inventory import (
     CATALOG,
     SYSTEM_NAMESPACES,
@@ -235,7 +233,7 @@ class WorkloadWriter:
             for _ in range(count):
                 self.pod(
                     namespace=namespace,
-                    name=b.unique(lambda rs=rs: f"{rs['metadata']['name']}-{b.rand(5)}"),
+                    name=b.unique(f"{rs['metadata']['name']}-"),
                     labels=rs_labels,
                     owner=self._ref("ReplicaSet", rs),
                     containers=[
@@ -267,7 +265,7 @@ class WorkloadWriter:
             pod_labels["pod-template-generation"] = "1"
             self.pod(
                 namespace=namespace,
-                name=b.unique(lambda: f"{name}-{b.rand(5)}"),
+                name=b.unique(f"{name}-"),
                 labels=pod_labels,
                 owner=self._ref("DaemonSet", ds),
                 containers=[_container(name, f"{name}:v1", ports)],
@@ -280,12 +278,12 @@ class WorkloadWriter:
         b = self.b
         for _ in range(count):
             job: Obj = {"apiVersion": "batch/v1", "kind": "Job"}
-            job["metadata"] = b.meta(namespace, b.unique(lambda: f"nightly-report-{b.rand(8)}"))
+            job["metadata"] = b.meta(namespace, b.unique("nightly-report-", 8))
             self.out.append(job)
             labels = {"app": "nightly-report", "team": team, "job-name": job["metadata"]["name"]}
             self.pod(
                 namespace=namespace,
-                name=b.unique(lambda job=job: f"{job['metadata']['name']}-{b.rand(5)}"),
+                name=b.unique(f"{job['metadata']['name']}-"),
                 labels=labels,
                 owner=self._ref("Job", job),
                 containers=[_container("report", "python:3.12-slim", ())],
@@ -428,4 +426,3 @@ class WorkloadWriter:
             "type": "ClusterIP",
         }
         self.out.append(svc)
-

@@ -1,24 +1,48 @@
-"""The `netwatch` command tree; each command group lives in its own module."""
+"""The `netwatch` command tree; each command (group) lives in its own module.
+
+Commands are imported only when invoked: `netwatch policy matrix` must not pay for
+pyroute2, bcc or jsonschema (about 0.25 s and 20 MiB per run — measured by
+`benchmarks/policy_matrix.py`, which runs the CLI once per port).
+To add a command: one line in `COMMANDS`.
+"""
 
 from __future__ import annotations
+
+import importlib
 
 import click
 
 from netwatch import __version__
-from netwatch.cli.inventory import inventory
-from netwatch.cli.lab import lab
-from netwatch.cli.policy import policy
+
+COMMANDS: dict[str, str] = {
+    "inventory": "netwatch.cli.inventory:inventory",
+    "lab": "netwatch.cli.lab:lab",
+    "policy": "netwatch.cli.policy:policy",
+}
+"""Command name → `module:attribute` of its click command."""
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A click group that imports a subcommand's module the first time it is used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        found = super().get_command(ctx, cmd_name)
+        if found is not None or cmd_name not in COMMANDS:
+            return found
+        module_name, _, attr = COMMANDS[cmd_name].partition(":")
+        command = getattr(importlib.import_module(module_name), attr)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{COMMANDS[cmd_name]} is not a click command")
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="netwatch")
 def cli() -> None:
     """netwatch: Kubernetes network traffic against NetworkPolicy, offline or live."""
-
-
-cli.add_command(policy)
-cli.add_command(lab)
-cli.add_command(inventory)
 
 
 def main() -> None:

@@ -74,17 +74,18 @@ def render_check_table(data: dict[str, Any], verdict: Verdict, console: Console)
 def write_matrix_json(matrix: Matrix, out: IO[str]) -> None:
     """Stream the matrix JSON; a 1,000-pod matrix is a million pairs, so no dict per pair."""
     keys = [json.dumps(p.key) for p in matrix.pods]
+    # Per destination, both possible endings of a pair, built once: a row is then one
+    # join over precomputed strings instead of an f-string per pair.
+    endings = {
+        "1": [f'{k}, "allowed": true}}' for k in keys],
+        "0": [f'{k}, "allowed": false}}' for k in keys],
+    }
     out.write(f'{{"port": {matrix.port}, "protocol": "{matrix.protocol.value}", "pairs": [')
-    first = True
     for i, row in enumerate(matrix.rows):
-        prefix = f'{{"src": {keys[i]}, "dst": '
-        chunk = ", ".join(
-            f'{prefix}{keys[j]}, "allowed": {"true" if c == "1" else "false"}}}'
-            for j, c in enumerate(row)
-        )
+        sep = f', {{"src": {keys[i]}, "dst": '
+        chunk = sep.join([endings[c][j] for j, c in enumerate(row)])
         if chunk:
-            out.write(chunk if first else ", " + chunk)
-            first = False
+            out.write(("" if i == 0 else ", ") + sep[2:] + chunk)
     out.write("]}\n")
 
 

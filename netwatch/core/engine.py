@@ -444,17 +444,24 @@ class PolicyEngine:
                 if admitted:
                     for i in iter_bits(selected):
                         eg_acc[i] |= admitted
-        ing_rows = [bit_string(ing_acc[j] if has(ing_iso, j) else self.all, n) for j in range(n)]
-        eg_rows = [bit_string(eg_acc[i] if has(eg_iso, i) else self.all, n) for i in range(n)]
+        # Transpose ingress (per destination: admitted sources) into per source: the
+        # destinations admitting it. Destinations sharing one admitted-source set (pods
+        # selected by the same policies) are handled together, so this costs
+        # O(distinct sets x sources) big-int ORs rather than a test per pair.
+        by_sources: dict[Bits, Bits] = defaultdict(int)
+        for j in range(n):
+            by_sources[ing_acc[j] if has(ing_iso, j) else self.all] |= 1 << j
+        admits_me = [0] * n
+        for sources, dsts in by_sources.items():
+            for i in iter_bits(sources):
+                admits_me[i] |= dsts
         out = [i for i, p in enumerate(self.pods) if p.ips]
+        everyone = len(out) == n
         rows = []
         for i in out:
-            eg = eg_rows[i]
-            rows.append(
-                "".join(
-                    "1" if i == j or (eg[j] == "1" and ing_rows[j][i] == "1") else "0" for j in out
-                )
-            )
+            eg = eg_acc[i] if has(eg_iso, i) else self.all
+            row = bit_string((eg & admits_me[i]) | (1 << i), n)  # §3.7: self always allowed
+            rows.append(row if everyone else "".join([row[j] for j in out]))
         return Matrix(port, protocol, tuple(self.pods[i] for i in out), tuple(rows))
 
 

@@ -137,9 +137,7 @@ class _Linter:
                 self.engine.pods[i]
                 for i in iter_bits(self.engine.rule_peer_pods(rule, scoped.namespace))
             ]
-        return any(
-            pod.named_ports(str(s.port), s.protocol) for s in rule.ports for pod in pods
-        )
+        return any(pod.named_ports(str(s.port), s.protocol) for s in rule.ports for pod in pods)
 
     # ------------------------------------------------------------ redundancy
 

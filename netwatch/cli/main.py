@@ -15,9 +15,13 @@ import click
 from netwatch import __version__
 
 COMMANDS: dict[str, str] = {
+    "analyze": "netwatch.cli.analyze:analyze",
+    "graph": "netwatch.cli.graph:graph",
     "inventory": "netwatch.cli.inventory:inventory",
     "lab": "netwatch.cli.lab:lab",
     "policy": "netwatch.cli.policy:policy",
+    "suggest": "netwatch.cli.suggest:suggest_command",
+    "whatif": "netwatch.cli.whatif:whatif_command",
 }
 """Command name → `module:attribute` of its click command."""
 

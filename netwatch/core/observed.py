@@ -1,0 +1,203 @@
+"""Observed traffic, aggregated: one `Observation` per distinct attribution, not per record.
+
+Every attributed record sharing a `Resolution` (`netwatch.core.attribution` hands the
+same object to all records between the same identities, addresses, port and protocol)
+is alike for everything `suggest`, `whatif` and verification ask — who, to whom, which
+port, what verdict — and differs only in counts and times. So records are folded as
+they stream in: a million records between a few thousand pod pairs cost a few thousand
+observations, in memory and in re-evaluations. `add_rows` is the hot loop over flow-file
+rows (`analysis.FlowRow`, as `analyze` reads them); a sample's `Connection` is rebuilt
+from its row (both directions' bytes and packets are summed there, as `_out`).
+
+Also here: which observations a policy set is judged on (`evaluated`, `requires_allow`),
+how reports name their endpoints (`labels_of`, as `attribution.peer_key` names peers),
+and `FlowGroup`/`group_flows`, the per (client, server, port, protocol) groups of
+reports. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from netwatch.core.analysis import FlowRow
+from netwatch.core.attribution import Attributed, Attributor, Resolution, VerdictKind, peer_key
+from netwatch.core.flow import Connection
+from netwatch.core.model import POLICY_PROTOCOLS, Protocol
+
+
+@dataclass(slots=True)
+class Observation:
+    """All records of one attribution: the earliest one as `sample`, and the tallies."""
+
+    sample: Attributed
+    count: int
+    bytes: int
+    first_seen: float
+    last_seen: float
+
+    @property
+    def verdict(self) -> VerdictKind:
+        return self.sample.verdict
+
+    def add(self, a: Attributed) -> None:
+        conn = a.connection
+        self.count += 1
+        self.bytes += conn.bytes_out + conn.bytes_in
+        self.last_seen = max(self.last_seen, conn.last_seen)
+        if conn.first_seen < self.first_seen:
+            self.first_seen = conn.first_seen
+            self.sample = a
+
+
+class Observations:
+    """Attributed records folded per `Resolution`, in order of first appearance."""
+
+    def __init__(self, items: Iterable[Attributed] = ()) -> None:
+        # Keyed by the resolution's id; the value holds the resolution itself, so the id
+        # cannot be reused while the entry lives (the attributor's cache may drop it).
+        self._by_resolution: dict[int, tuple[Resolution, Observation]] = {}
+        self.records = 0
+        for a in items:
+            self.add(a)
+
+    def add(self, a: Attributed) -> None:
+        self.records += 1
+        entry = self._by_resolution.get(id(a.resolution))
+        if entry is not None:
+            entry[1].add(a)
+            return
+        conn = a.connection
+        obs = Observation(a, 1, conn.bytes_out + conn.bytes_in, conn.first_seen, conn.last_seen)
+        self._by_resolution[id(a.resolution)] = (a.resolution, obs)
+
+    def add_rows(self, rows: Iterable[FlowRow], attributor: Attributor) -> None:
+        """The hot loop over flow-file rows (`analysis.FlowRow`): resolve and fold each;
+        a `Connection` is built only for a new observation's first (or earliest) row."""
+        resolve = attributor.resolve_fields
+        entries = self._by_resolution
+        count = 0
+        for row in rows:
+            cip, sip, sport, proto, first, last, nbytes, _packets, svc, _cport = row
+            res = resolve(cip, sip, sport, proto, first, svc)
+            count += 1
+            entry = entries.get(id(res))
+            if entry is None:
+                sample = _sample(row, res)
+                entries[id(res)] = (res, Observation(sample, 1, nbytes, first, last))
+                continue
+            obs = entry[1]
+            obs.count += 1
+            obs.bytes += nbytes
+            if last > obs.last_seen:  # noqa: PLR1730 - a comparison is cheaper than max()
+                obs.last_seen = last
+            if first < obs.first_seen:
+                obs.first_seen = first
+                obs.sample = _sample(row, res)
+        self.records += count
+
+    def __iter__(self) -> Iterator[Observation]:
+        return (obs for _, obs in self._by_resolution.values())
+
+    def __len__(self) -> int:
+        return len(self._by_resolution)
+
+    @property
+    def window(self) -> tuple[float, float] | None:
+        """(earliest first_seen, latest last_seen) over every record, if any."""
+        if not self._by_resolution:
+            return None
+        return (min(o.first_seen for o in self), max(o.last_seen for o in self))
+
+
+def _sample(row: FlowRow, res: Resolution) -> Attributed:
+    cip, sip, sport, proto, first, last, nbytes, packets, svc, cport = row
+    conn = Connection(
+        client_ip=cip,
+        client_port=cport,
+        server_ip=sip,
+        server_port=sport,
+        protocol=proto,
+        first_seen=first,
+        last_seen=last,
+        packets_out=packets,
+        bytes_out=nbytes,
+        service_ip=svc,
+    )
+    return Attributed(
+        connection=conn,
+        client=res.client,
+        server=res.server,
+        port=res.port,
+        protocol=res.protocol,
+        service=res.service,
+        verdict=res.verdict,
+        decision=res.decision,
+        resolution=res,
+    )
+
+
+def evaluated(a: Attributed) -> bool:
+    """Whether policy decides this connection at all (resolved endpoints, TCP/UDP/SCTP)."""
+    return a.verdict is not VerdictKind.UNKNOWN and a.protocol in POLICY_PROTOCOLS
+
+
+def requires_allow(a: Attributed, *, include_denied: bool) -> bool:
+    """Whether a policy set must allow this observed connection to be acceptable."""
+    if not evaluated(a):
+        return False
+    return include_denied or a.verdict is not VerdictKind.DENIED
+
+
+def labels_of(a: Attributed) -> tuple[str, str]:
+    """(client, server) as reports name them: `namespace/workload`, `node:N`, `world`, …"""
+    res = a.resolution
+    return (
+        peer_key(a.client, known=res.client_known, ip=res.client_ip),
+        peer_key(a.server, known=res.server_known, ip=res.server_ip),
+    )
+
+
+@dataclass
+class FlowGroup:
+    """Connections of one (client, server, port, protocol), with the earliest as example."""
+
+    client: str
+    server: str
+    port: int
+    protocol: Protocol
+    example: Connection
+    count: int = 0
+    bytes: int = 0
+    first_seen: float = float("inf")
+    last_seen: float = float("-inf")
+    verdicts: dict[str, int] = field(default_factory=dict)
+    """Verdicts under the policies in force when the connections were seen."""
+
+    def add(self, obs: Observation) -> None:
+        self.count += obs.count
+        self.bytes += obs.bytes
+        self.first_seen = min(self.first_seen, obs.first_seen)
+        self.last_seen = max(self.last_seen, obs.last_seen)
+        verdict = obs.verdict.value
+        self.verdicts[verdict] = self.verdicts.get(verdict, 0) + obs.count
+        if obs.sample.connection.first_seen < self.example.first_seen:
+            self.example = obs.sample.connection
+
+    @property
+    def sort_key(self) -> tuple[str, str, str, int]:
+        return (self.client, self.server, self.protocol.value, self.port)
+
+
+def group_flows(items: Iterable[Observation]) -> list[FlowGroup]:
+    """Group per (client, server, port, protocol), sorted."""
+    groups: dict[tuple[str, str, int, Protocol], FlowGroup] = {}
+    for obs in items:
+        a = obs.sample
+        client, server = labels_of(a)
+        key = (client, server, a.port, a.protocol)
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = FlowGroup(client, server, a.port, a.protocol, a.connection)
+        group.add(obs)
+    return sorted(groups.values(), key=lambda g: g.sort_key)

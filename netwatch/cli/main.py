@@ -16,6 +16,7 @@ from netwatch import __version__
 
 COMMANDS: dict[str, str] = {
     "analyze": "netwatch.cli.analyze:analyze",
+    "capture": "netwatch.cli.capture:capture",
     "graph": "netwatch.cli.graph:graph",
     "inventory": "netwatch.cli.inventory:inventory",
     "lab": "netwatch.cli.lab:lab",

@@ -1,0 +1,212 @@
+"""The kernel maps of `bpf/flows.c` seen from userspace: layouts, draining, decoding.
+
+Layouts mirror the C structs (`struct flow_key`, `struct flow_val`, the `stats` and
+`drained` indexes) and must change with them. Draining empties the LRU flow map with
+BPF_MAP_LOOKUP_AND_DELETE_BATCH in chunks; where the kernel lacks it (before 5.6) it
+falls back to per-key BPF_MAP_LOOKUP_AND_DELETE_ELEM (hash maps: 5.14), and then to
+lookup followed by delete — a packet landing between the two is lost and shows in the
+lost counters. The feature is detected by trying, never by kernel version; `method`
+forces one (tests exercise each). bcc's own `items_lookup_and_delete_batch` is not used:
+it allocates max_entries-sized buffers per call and aliases its batch tokens.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import errno
+import logging
+import os
+import socket
+import struct
+from collections.abc import Callable, Sequence
+
+from netwatch.capture.assemble import Observation
+from netwatch.core.model import Protocol
+
+_log = logging.getLogger("netwatch.capture")
+
+KEY = struct.Struct("<16s16sHHIBB2x")  # struct flow_key
+VALUE = struct.Struct("<7Q")  # struct flow_val
+# struct flow_val .flags bits (bpf/flows.c)
+F_OPENER_FROM_POD = 1 << 16
+F_OPENER_TO_POD = 1 << 17
+F_FIRST_TO_POD = 1 << 18
+STAT_NAMES = (
+    "packets",
+    "bytes",
+    "flows_created",
+    "update_failed",
+    "non_ip",
+    "other_proto",
+    "fragment_packets",
+    "fragment_bytes",
+    "truncated",
+    "icmp6_control",
+)
+DR_PACKETS, DR_BYTES, DR_ENTRIES = 0, 1, 2
+BPF_MAP_TYPE_HASH_LRU, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_ARRAY = 9, 6, 2
+_PROTOCOLS = {
+    6: Protocol.TCP,
+    17: Protocol.UDP,
+    132: Protocol.SCTP,
+    1: Protocol.ICMP,
+    58: Protocol.ICMP,
+}
+_UNSUPPORTED = {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, 524}  # 524: ENOTSUPP
+
+
+class CaptureSetupError(RuntimeError):
+    """The eBPF backend cannot start here (no BPF, no headers, incompatible pinned maps)."""
+
+
+class DrainMethod(enum.Enum):
+    AUTO = "auto"
+    BATCH = "batch"
+    PER_KEY = "per-key"
+    LOOKUP_DELETE = "lookup-delete"
+
+
+class MapDrainer:
+    """Lookup-and-delete of every entry of the flow map, with feature fallbacks."""
+
+    def __init__(self, fd: int, *, max_entries: int, method: DrainMethod) -> None:
+        self._fd = fd
+        self._lib = ctypes.CDLL("libbcc.so.0", use_errno=True)
+        u32p = ctypes.POINTER(ctypes.c_uint32)
+        batch = self._lib.bpf_lookup_and_delete_batch
+        batch.argtypes = [ctypes.c_int, u32p, u32p, ctypes.c_void_p, ctypes.c_void_p, u32p]
+        batch.restype = ctypes.c_int
+        for name in ("bpf_lookup_and_delete", "bpf_lookup_elem"):
+            fn = getattr(self._lib, name)
+            fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+            fn.restype = ctypes.c_int
+        self._lib.bpf_delete_elem.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        self._lib.bpf_get_next_key.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+        self._chunk = max(16, min(max_entries, 4096))
+        self._keys = ctypes.create_string_buffer(KEY.size * self._chunk)
+        self._values = ctypes.create_string_buffer(VALUE.size * self._chunk)
+        self.method = method
+
+    def drain(self) -> list[tuple[bytes, bytes]]:
+        if self.method in (DrainMethod.AUTO, DrainMethod.BATCH):
+            try:
+                out = self._batch()
+                self.method = DrainMethod.BATCH
+                return out
+            except _Unsupported:
+                if self.method is DrainMethod.BATCH:
+                    raise CaptureSetupError("BPF_MAP_LOOKUP_AND_DELETE_BATCH unsupported") from None
+                _log.info("batch lookup-and-delete unsupported; falling back to per-key")
+                self.method = DrainMethod.PER_KEY
+        if self.method is DrainMethod.PER_KEY:
+            try:
+                return self._per_key(atomic=True)
+            except _Unsupported:
+                _log.info("per-key lookup-and-delete unsupported; falling back to lookup+delete")
+                self.method = DrainMethod.LOOKUP_DELETE
+        return self._per_key(atomic=False)
+
+    def _batch(self) -> list[tuple[bytes, bytes]]:
+        out: list[tuple[bytes, bytes]] = []
+        token_in, token_out = ctypes.c_uint32(0), ctypes.c_uint32(0)
+        first = True
+        while True:
+            count = ctypes.c_uint32(self._chunk)
+            rc = self._lib.bpf_lookup_and_delete_batch(
+                self._fd,
+                None if first else ctypes.byref(token_in),
+                ctypes.byref(token_out),
+                self._keys,
+                self._values,
+                ctypes.byref(count),
+            )
+            err = ctypes.get_errno() if rc != 0 else 0
+            n = count.value if rc == 0 or err == errno.ENOENT else 0
+            keys, values = self._keys.raw, self._values.raw
+            for i in range(n):
+                out.append(
+                    (
+                        keys[i * KEY.size : (i + 1) * KEY.size],
+                        values[i * VALUE.size : (i + 1) * VALUE.size],
+                    )
+                )
+            if rc != 0:
+                if err == errno.ENOENT:
+                    return out
+                if first and err in _UNSUPPORTED:
+                    raise _Unsupported(err)
+                raise OSError(err, f"BPF_MAP_LOOKUP_AND_DELETE_BATCH: {os.strerror(err)}")
+            token_in.value = token_out.value
+            first = False
+
+    def _per_key(self, *, atomic: bool) -> list[tuple[bytes, bytes]]:
+        keys: list[bytes] = []
+        prev: ctypes.Array[ctypes.c_char] | None = None
+        nxt = ctypes.create_string_buffer(KEY.size)
+        while self._lib.bpf_get_next_key(self._fd, prev, nxt) == 0:
+            keys.append(nxt.raw)
+            prev = ctypes.create_string_buffer(nxt.raw, KEY.size)
+        out: list[tuple[bytes, bytes]] = []
+        value = ctypes.create_string_buffer(VALUE.size)
+        for raw in keys:
+            key = ctypes.create_string_buffer(raw, KEY.size)
+            if atomic:
+                rc = self._lib.bpf_lookup_and_delete(self._fd, key, value)
+                if rc != 0:
+                    err = ctypes.get_errno()
+                    if err in _UNSUPPORTED and not out:
+                        raise _Unsupported(err)
+                    continue  # evicted meanwhile
+            else:
+                if self._lib.bpf_lookup_elem(self._fd, key, value) != 0:
+                    continue
+                self._lib.bpf_delete_elem(self._fd, key)
+            out.append((raw, value.raw))
+        return out
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def decode(
+    raw: Sequence[tuple[bytes, bytes]],
+    *,
+    names: Callable[[int], str | None],
+    epoch_offset_ns: int,
+    start_ns: int,
+) -> list[Observation]:
+    out: list[Observation] = []
+    for key_bytes, value_bytes in raw:
+        pod_addr, peer_addr, pod_port, peer_port, ifindex, proto, family = KEY.unpack(key_bytes)
+        p_from, p_to, b_from, b_to, first_ns, last_ns, flags = VALUE.unpack(value_bytes)
+        protocol = _PROTOCOLS.get(proto)
+        if protocol is None:
+            continue
+        af = socket.AF_INET if family == 4 else socket.AF_INET6
+        width = 4 if family == 4 else 16
+        out.append(
+            Observation(
+                ifindex=ifindex,
+                interface=names(ifindex),
+                protocol=protocol,
+                pod_ip=socket.inet_ntop(af, pod_addr[:width]),
+                pod_port=pod_port,
+                peer_ip=socket.inet_ntop(af, peer_addr[:width]),
+                peer_port=peer_port,
+                packets_from_pod=p_from,
+                bytes_from_pod=b_from,
+                packets_to_pod=p_to,
+                bytes_to_pod=b_to,
+                first_seen=(first_ns + epoch_offset_ns) / 1e9,
+                last_seen=(last_ns + epoch_offset_ns) / 1e9,
+                tcp_flags_from_pod=flags & 0xFF,
+                tcp_flags_to_pod=(flags >> 8) & 0xFF,
+                opener_from_pod=bool(flags & F_OPENER_FROM_POD),
+                opener_to_pod=bool(flags & F_OPENER_TO_POD),
+                first_to_pod=bool(flags & F_FIRST_TO_POD),
+                began_in_capture=first_ns >= start_ns,
+            )
+        )
+    return out

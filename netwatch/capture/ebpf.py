@@ -1,0 +1,456 @@
+"""The eBPF capture backend (bcc): TC programs on pod veths, in-kernel counters, deltas.
+
+Neighbours: `bpf/flows.c` (the program: strategy, limits and fallbacks in its header),
+`kernel_src` (headers for bcc), `bpffs` (pinning, scope lock), `attach` (TC clsact),
+`netlink_watch` (veths that appear later), `listeners` + `conntrack` + `assemble`
+(orientation, ClusterIP, counted-once). Owners use it as a `FlowSource`:
+
+    source = EbpfSource(EbpfOptions(...))   # compiles, loads, attaches
+    while running: emit(source.drain())     # deltas since the previous drain
+    source.stop(); emit(source.drain()); source.close()
+
+`stop()` detaches first so the final drain misses nothing; with `persist=True` it leaves
+the programs attached and the maps pinned instead, and the next process — attaching with
+`replace`, no gap — drains what this one did not: a restart neither loses nor
+double-counts. A thread of its own empties the kernel map every 250 ms into memory, so
+the Python processing in `drain()` (about 10 µs per entry) never lets the LRU map fill and
+evict. Map layouts, draining (batch lookup-and-delete with fallbacks) and decoding live
+in `bpf_maps`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import IPRoute
+
+from netwatch.capture import bpffs
+from netwatch.capture.assemble import Assembler
+from netwatch.capture.attach import LinkInfo, LinkSelector, TcAttacher, list_links
+from netwatch.capture.bpf_maps import (
+    BPF_MAP_TYPE_ARRAY,
+    BPF_MAP_TYPE_HASH_LRU,
+    BPF_MAP_TYPE_PERCPU_ARRAY,
+    DR_BYTES,
+    DR_ENTRIES,
+    DR_PACKETS,
+    KEY,
+    STAT_NAMES,
+    VALUE,
+    CaptureSetupError,
+    DrainMethod,
+    MapDrainer,
+    decode,
+)
+from netwatch.capture.conntrack import ConntrackReader
+from netwatch.capture.kernel_src import ensure_kernel_source
+from netwatch.capture.listeners import NetnsDirectory, SocketTable
+from netwatch.capture.netlink_watch import LinkWatcher
+from netwatch.core.flow import Connection
+
+_log = logging.getLogger("netwatch.capture")
+
+PROGRAM_FILE = "flows.c"
+EMPTY_INTERVAL_S = 0.25
+"""How often the kernel map is emptied, whatever the owner's drain interval."""
+
+
+@dataclass(frozen=True, slots=True)
+class EbpfOptions:
+    interfaces: tuple[str, ...] = ()
+    """Link name patterns (fnmatch); empty: every veth of the namespace."""
+    map_size: int = 65536
+    pin_dir: Path | None = None
+    """Default: /sys/fs/bpf/netwatch/netns-<inode of this network namespace>."""
+    persist: bool = False
+    """Leave programs attached and maps pinned on exit, for a seamless restart."""
+    reset: bool = False
+    """Detach leftovers and drop pinned maps (and their undrained counts) before starting."""
+    node: str | None = None
+    is_cluster_pod: Callable[[str], bool] | None = None
+    drain_method: DrainMethod = DrainMethod.AUTO
+    conntrack: bool = True
+    proc: Path = Path("/proc")
+
+    def resolved_pin_dir(self) -> Path:
+        return self.pin_dir if self.pin_dir is not None else bpffs.default_pin_dir()
+
+
+def program_source() -> str:
+    return resources.files("netwatch.capture").joinpath("bpf", PROGRAM_FILE).read_text()
+
+
+def program_cflags(options: EbpfOptions) -> list[str]:
+    pin = str(options.resolved_pin_dir())
+    if '"' in pin or "\\" in pin:
+        raise CaptureSetupError(f"unusable pin directory {pin!r}")
+    return [f"-DNW_MAP_SIZE={options.map_size}", f'-DNW_PIN_DIR="{pin}"']
+
+
+def render_program(options: EbpfOptions) -> str:
+    """The program as `--print-bpf` shows it: the -D flags, then the C."""
+    flags = " ".join(program_cflags(options))
+    return f"// bcc cflags: {flags}\n// source: netwatch/capture/bpf/{PROGRAM_FILE}\n" + (
+        program_source()
+    )
+
+
+@dataclass(slots=True)
+class CaptureStats:
+    backend: str = "ebpf"
+    drain_method: str = ""
+    drains: int = 0
+    map_size: int = 0
+    last_drain_entries: int = 0
+    max_pass_entries: int = 0
+    """Most entries one lookup-and-delete pass took from the map (vs `map_size`)."""
+    last_drain_seconds: float = 0.0
+    max_drain_seconds: float = 0.0
+    kernel: dict[str, int] = field(default_factory=dict)
+    """Cumulative since the pinned maps were created (they survive restarts)."""
+    drained_packets: int = 0
+    drained_bytes: int = 0
+    drained_entries: int = 0
+    evicted_entries: int = 0
+    """LRU evictions (entries created but never drained); a lower bound while traffic flows."""
+    lost_packets: int = 0
+    """Counted by the kernel but never drained (evictions, update failures, races)."""
+    lost_bytes: int = 0
+    interfaces: list[str] = field(default_factory=list)
+    attach_errors: int = 0
+    reported: int = 0
+    suppressed: int = 0
+    dnat_resolved: int = 0
+    orientation: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class EbpfSource:
+    """`FlowSource` over the TC programs of one network namespace (the node's)."""
+
+    def __init__(self, options: EbpfOptions) -> None:
+        if options.map_size < 16:
+            raise CaptureSetupError("map size must be at least 16")
+        self.options = options
+        self._pin_dir = options.resolved_pin_dir()
+        self._lock_guard = threading.Lock()
+        self._links: dict[int, LinkInfo] = {}
+        self._names: dict[int, str] = {}
+        self._stopped = False
+        self._closed = False
+        self._watcher: LinkWatcher | None = None
+        self._watch_attacher: TcAttacher | None = None
+        self._map_lock = threading.Lock()
+        self._pending: list[tuple[bytes, bytes]] = []
+        self._empty_stop = threading.Event()
+        self._emptier = threading.Thread(
+            target=self._empty_loop, name="netwatch-drain", daemon=True
+        )
+        self.stats = CaptureStats(map_size=options.map_size)
+        try:
+            ensure_kernel_source()
+            bpffs.ensure_mounted()
+            self._scope_lock = bpffs.ScopeLock(f"netns-{bpffs.netns_inode()}")
+        except (OSError, RuntimeError) as exc:
+            raise CaptureSetupError(str(exc)) from exc
+        try:
+            self._setup()
+        except BaseException:
+            self._abort()
+            raise
+
+    def _abort(self) -> None:
+        """Undo a half-done setup: nothing attached or pinned may outlive a failed start."""
+        self._empty_stop.set()
+        with contextlib.suppress(Exception):
+            if self._watcher is not None:
+                self._watcher.stop()
+        attacher = getattr(self, "_attacher", None)
+        ipr = getattr(self, "_ipr", None)
+        if attacher is not None and ipr is not None and not self.options.persist:
+            with contextlib.suppress(Exception):
+                for link in list_links(ipr):
+                    if attacher.ours(link.index):
+                        attacher.detach(link.index)
+        if not self.options.persist and getattr(self, "_bpf", None) is not None:
+            bpffs.remove_pins(self._pin_dir)
+        for closable in (attacher, ipr):
+            if closable is not None:
+                with contextlib.suppress(Exception):
+                    closable.close()
+        self._scope_lock.release()
+
+    # -- setup ----------------------------------------------------------------------
+    def _setup(self) -> None:
+        self._ipr = IPRoute()
+        if self.options.reset:
+            self._detach_leftovers()
+            bpffs.remove_pins(self._pin_dir)
+        self._pin_dir.mkdir(parents=True, exist_ok=True)
+        self._check_pinned()
+        try:
+            # bcc reads BCC_KERNEL_SOURCE, set just above by ensure_kernel_source()
+            from bcc import BPF  # noqa: PLC0415
+        except ImportError as exc:  # pragma: no cover - depends on the machine
+            raise CaptureSetupError(
+                f"bcc is not importable ({exc}); install python3-bpfcc"
+            ) from exc
+        try:
+            self._bpf = BPF(text=program_source(), cflags=program_cflags(self.options))
+            ingress = self._bpf.load_func("nw_ingress", BPF.SCHED_CLS)
+            egress = self._bpf.load_func("nw_egress", BPF.SCHED_CLS)
+        except Exception as exc:
+            raise CaptureSetupError(f"cannot compile/load the capture program: {exc}") from exc
+        self._fds = (ingress.fd, egress.fd)
+        self._prog_names = (ingress.name, egress.name)
+        flows = self._bpf["flows"]
+        self._drainer = MapDrainer(
+            flows.get_fd(), max_entries=self.options.map_size, method=self.options.drain_method
+        )
+        self._start_ns = time.monotonic_ns()
+        self._directory = NetnsDirectory(nsid_of=self._nsid_of, proc=self.options.proc)
+        conntrack = None
+        if self.options.conntrack:
+            reader = ConntrackReader(self.options.proc / "self" / "net" / "nf_conntrack")
+            conntrack = reader if reader.available else None
+        self._assembler = Assembler(
+            node=self.options.node,
+            is_cluster_pod=self.options.is_cluster_pod or (lambda _ip: False),
+            sockets=self._sockets_of,
+            conntrack=conntrack,
+        )
+        self._attacher = TcAttacher(
+            ingress_fd=self._fds[0], egress_fd=self._fds[1], names=self._prog_names
+        )
+        self._selector = LinkSelector(self.options.interfaces)
+        self._rescan(self._attacher, self._ipr)
+        self._watcher = LinkWatcher(self._rescan_from_watcher)
+        self._watcher.start()
+        self._emptier.start()
+
+    def _check_pinned(self) -> None:
+        expected = {
+            "flows": (BPF_MAP_TYPE_HASH_LRU, KEY.size, VALUE.size, self.options.map_size),
+            "stats": (BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, len(STAT_NAMES)),
+            "drained": (BPF_MAP_TYPE_ARRAY, 4, 8, 4),
+        }
+        for name, (mtype, ksize, vsize, entries) in expected.items():
+            info = bpffs.pinned_map_info(self._pin_dir / name)
+            if info is None:
+                continue
+            got = (info.map_type, info.key_size, info.value_size, info.max_entries)
+            if got != (mtype, ksize, vsize, entries):
+                hint = (
+                    f"run with --map-size {info.max_entries}"
+                    if name == "flows" and got[:3] == (mtype, ksize, vsize)
+                    else "it was made by another netwatch version"
+                )
+                raise CaptureSetupError(
+                    f"pinned map {self._pin_dir / name} does not fit this program "
+                    f"(type/key/value/entries {got}, expected {(mtype, ksize, vsize, entries)}): "
+                    f"{hint}, or pass --reset to drop it with its undrained counts"
+                )
+
+    def _nsid_of(self, fd: int) -> int | None:
+        reply = self._ipr.get_netnsid(fd=fd)
+        nsid = reply.get("nsid") if reply else None
+        return nsid if isinstance(nsid, int) and 0 <= nsid < 0xFFFFFFFF else None
+
+    def _sockets_of(self, ifindex: int) -> SocketTable | None:
+        with self._lock_guard:
+            link = self._links.get(ifindex)
+        if link is None or link.peer_netnsid is None:
+            return None
+        return self._directory.sockets(link.peer_netnsid)
+
+    # -- links ----------------------------------------------------------------------
+    def _rescan_from_watcher(self) -> None:
+        if self._stopped:
+            return
+        if self._watch_attacher is None:
+            self._watch_attacher = TcAttacher(
+                ingress_fd=self._fds[0], egress_fd=self._fds[1], names=self._prog_names
+            )
+            self._watch_ipr = IPRoute()
+        self._rescan(self._watch_attacher, self._watch_ipr)
+
+    def _rescan(self, attacher: TcAttacher, ipr: Any) -> None:
+        current = {link.index: link for link in list_links(ipr)}
+        with self._lock_guard:
+            known = dict(self._links)
+        for index in set(known) - set(current):
+            _log.info("interface %s vanished", known[index].name)
+            with self._lock_guard:
+                self._links.pop(index, None)
+        for link in self._selector.select(current.values()):
+            if link.index in known and known[link.index].name == link.name:
+                continue
+            try:
+                attacher.attach(link.index)
+            except Exception as exc:  # e.g. the link vanished between list and attach
+                self.stats.attach_errors += 1
+                _log.warning("cannot attach to %s: %s", link.name, exc)
+                continue
+            _log.info("attached to %s (ifindex %d)", link.name, link.index)
+            with self._lock_guard:
+                self._links[link.index] = link
+                self._names[link.index] = link.name
+        with self._lock_guard:
+            self.stats.interfaces = sorted(link.name for link in self._links.values())
+
+    def _detach_leftovers(self) -> None:
+        cleaner = TcAttacher(ingress_fd=-1, egress_fd=-1, names=("", ""))
+        try:
+            removed = cleaner.detach_everywhere(list_links(self._ipr))
+            if removed:
+                _log.info("removed leftover programs from %s", ", ".join(removed))
+        finally:
+            cleaner.close()
+
+    @property
+    def interfaces(self) -> list[str]:
+        with self._lock_guard:
+            return sorted(link.name for link in self._links.values())
+
+    # -- emptying the kernel map ----------------------------------------------------------
+    def _empty_loop(self) -> None:
+        """Keep the LRU map empty even while the owner is busy (or starved of CPU).
+
+        Eviction happens when the map fills between two lookup-and-delete passes, so the
+        passes must not wait for the (much slower) Python processing of what they took:
+        this thread moves entries from the kernel into `_pending` every EMPTY_INTERVAL_S,
+        at once again when a pass found the map a quarter full; `drain()` processes them.
+        """
+        while not self._empty_stop.wait(EMPTY_INTERVAL_S):
+            try:
+                while self._empty_map() > self.options.map_size // 4:
+                    if self._empty_stop.is_set():
+                        return
+            except Exception:
+                _log.exception("emptying the flow map failed")
+
+    def _empty_map(self) -> int:
+        with self._map_lock:
+            kernel_before = self._read_stats()
+            raw = self._drainer.drain()
+            packets = nbytes = 0
+            for _key, value in raw:
+                p_from, p_to, b_from, b_to = VALUE.unpack(value)[:4]
+                packets += p_from + p_to
+                nbytes += b_from + b_to
+            self._add_drained(packets=packets, nbytes=nbytes, entries=len(raw))
+            self._account(kernel_before)
+            self._pending.extend(raw)
+            self.stats.max_pass_entries = max(self.stats.max_pass_entries, len(raw))
+        return len(raw)
+
+    # -- FlowSource -------------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        return False
+
+    def drain(self) -> list[Connection]:
+        if self._closed:
+            return []
+        started = time.monotonic()
+        self._empty_map()
+        with self._map_lock:
+            raw, self._pending = self._pending, []
+        self._directory.new_generation()
+        offset = time.time_ns() - time.monotonic_ns()
+        with self._lock_guard:
+            names = dict(self._names)
+        observations = decode(raw, names=names.get, epoch_offset_ns=offset, start_ns=self._start_ns)
+        conns = self._assembler.assemble(observations)
+        s, a = self.stats, self._assembler.stats
+        s.drains += 1
+        s.drain_method = self._drainer.method.value
+        s.last_drain_entries = len(raw)
+        s.reported, s.suppressed, s.dnat_resolved = a.reported, a.suppressed, a.dnat_resolved
+        s.orientation = dict(a.orientation)
+        took = time.monotonic() - started
+        s.last_drain_seconds = took
+        s.max_drain_seconds = max(s.max_drain_seconds, took)
+        return conns
+
+    def _read_stats(self) -> dict[str, int]:
+        table = self._bpf["stats"]
+        return {name: int(table.sum(ctypes.c_uint32(i)).value) for i, name in enumerate(STAT_NAMES)}
+
+    def _drained_totals(self) -> tuple[int, int, int]:
+        table = self._bpf["drained"]
+        return (
+            int(table[ctypes.c_uint32(DR_PACKETS)].value),
+            int(table[ctypes.c_uint32(DR_BYTES)].value),
+            int(table[ctypes.c_uint32(DR_ENTRIES)].value),
+        )
+
+    def _add_drained(self, *, packets: int, nbytes: int, entries: int) -> None:
+        if not entries:
+            return
+        table = self._bpf["drained"]
+        for index, add in ((DR_PACKETS, packets), (DR_BYTES, nbytes), (DR_ENTRIES, entries)):
+            key = ctypes.c_uint32(index)
+            table[key] = ctypes.c_uint64(int(table[key].value) + add)
+
+    def _account(self, kernel_before: dict[str, int]) -> None:
+        s = self.stats
+        s.kernel = self._read_stats()
+        s.drained_packets, s.drained_bytes, s.drained_entries = self._drained_totals()
+        # Everything counted before this pass started was drained now or earlier, unless
+        # the LRU evicted it (or an update raced with deletion): lower bounds, exact at rest.
+        s.evicted_entries = max(
+            s.evicted_entries, kernel_before["flows_created"] - s.drained_entries
+        )
+        failed = kernel_before["update_failed"]
+        s.lost_packets = max(s.lost_packets, kernel_before["packets"] - s.drained_packets + failed)
+        s.lost_bytes = max(s.lost_bytes, kernel_before["bytes"] - s.drained_bytes)
+
+    def stop(self) -> None:
+        """Stop watching links; detach the programs unless persisting. Drain afterwards."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._empty_stop.set()
+        if self._emptier.is_alive():
+            self._emptier.join(timeout=30)
+        if self._watcher is not None:
+            self._watcher.stop()
+        if self._watch_attacher is not None:
+            self._watch_attacher.close()
+            self._watch_ipr.close()
+        if self.options.persist:
+            return
+        try:
+            links = list_links(self._ipr)
+            with self._lock_guard:
+                mine = set(self._links)
+            for link in links:
+                if link.index in mine or self._attacher.ours(link.index):
+                    self._attacher.detach(link.index)
+        except Exception as exc:
+            _log.warning("detach failed: %s", exc)
+
+    def close(self) -> None:
+        """Detach (unless persisting) and, without persist, unpin the maps. Idempotent."""
+        if self._closed:
+            return
+        self.stop()
+        self._closed = True
+        self._attacher.close()
+        self._ipr.close()
+        self._bpf.cleanup()
+        if not self.options.persist:
+            bpffs.remove_pins(self._pin_dir)
+        self._scope_lock.release()

@@ -26,5 +26,16 @@ $NW policy matrix --cluster "$CLUSTER" --port 8080 --protocol TCP 2>/dev/null
 bold "Static findings (the invalid object in broken.yaml is reported, the rest still loads)"
 $NW policy lint --cluster "$CLUSTER"
 
+AUDIT="fixtures/scenarios/audit"
+bold "Observed traffic against policy: $AUDIT (flows as netwatch capture writes them)"
+$NW analyze --cluster "$AUDIT/cluster" --flows "$AUDIT/flows/traffic.jsonl" --top 8
+
+SUGGEST="fixtures/scenarios/suggest-shop"
+OUT="$(mktemp -d)"
+bold "Least-privilege policies from observed traffic, verified before they are written"
+$NW suggest --cluster "$SUGGEST/cluster" --flows "$SUGGEST/flows/flows.jsonl" --out "$OUT" -o table
+echo "suggested policies written to $OUT:"
+ls "$OUT"
+
 bold "Machine-readable output: add -o json (documented in README.md)"
 echo "$NW policy check --cluster $CLUSTER --src shop/frontend-6d9f8-abcde --dst shop/db-0 --port 5432 -o json"

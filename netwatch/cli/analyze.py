@@ -11,12 +11,13 @@ Malformed flow lines are reported on stderr with their line number and skipped; 
 
 from __future__ import annotations
 
+import functools
 import gc
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
@@ -51,10 +52,51 @@ PROGRESS_MIN_BYTES = 8 << 20
 MAX_SHOWN_ISSUES = 50
 
 
+@dataclass(frozen=True)
+class FlowArgs:
+    """The input options every traffic command shares, bundled by `flows_options`."""
+
+    cluster_paths: tuple[str, ...]
+    strict: bool
+    flows_path: str
+    since_text: str | None
+    until_text: str | None
+    cidrs: tuple[str, ...]
+    pod_cidrs: tuple[str, ...]
+    ipblock_pod_ips: str
+
+
 def flows_options(func: _F) -> _F:
     """`--cluster`, `--strict`, `--flows`, `--since/--until`, `--cidr`, `--pod-cidr`,
-    `--ipblock-pod-ips` (in that order in `--help`)."""
-    func = ipblock_option(func)
+    `--ipblock-pod-ips` (in that order in `--help`), passed to `func` as one
+    `inputs: FlowArgs` keyword argument."""
+
+    @functools.wraps(func)
+    def bundled(
+        *,
+        cluster_paths: tuple[str, ...],
+        strict: bool,
+        flows_path: str,
+        since_text: str | None,
+        until_text: str | None,
+        cidrs: tuple[str, ...],
+        pod_cidrs: tuple[str, ...],
+        ipblock_pod_ips: str,
+        **rest: Any,
+    ) -> Any:
+        inputs = FlowArgs(
+            cluster_paths=cluster_paths,
+            strict=strict,
+            flows_path=flows_path,
+            since_text=since_text,
+            until_text=until_text,
+            cidrs=cidrs,
+            pod_cidrs=pod_cidrs,
+            ipblock_pod_ips=ipblock_pod_ips,
+        )
+        return func(inputs=inputs, **rest)
+
+    wrapped: Any = ipblock_option(bundled)
     for option in reversed(
         [
             click.option(
@@ -93,8 +135,43 @@ def flows_options(func: _F) -> _F:
             ),
         ]
     ):
-        func = option(func)
-    return cluster_options(func)
+        wrapped = option(wrapped)
+    return cast(_F, cluster_options(wrapped))
+
+
+@dataclass(frozen=True)
+class PreparedInputs:
+    """The loaded cluster, an attributor over it, and the (not yet read) flow input."""
+
+    load: LoadResult
+    attributor: Attributor
+    flows: FlowFile
+
+
+def prepare_inputs(inputs: FlowArgs) -> PreparedInputs:
+    """Validate the options, load the cluster, build the attributor (bad input: exit 2)."""
+    since = None if inputs.since_text is None else parse_time(inputs.since_text, "--since")
+    until = None if inputs.until_text is None else parse_time(inputs.until_text, "--until")
+    if since is not None and until is not None and until < since:
+        raise BadInput(f"--until {inputs.until_text} is before --since {inputs.since_text}")
+    named = parse_named_cidrs(inputs.cidrs)
+    for cidr in inputs.pod_cidrs:
+        try:
+            parse_named_cidrs((f"pod={cidr}",))
+        except BadInput:
+            raise BadInput(f"--pod-cidr {cidr!r}: not a CIDR") from None
+    loaded = load(inputs.cluster_paths, strict=inputs.strict)
+    try:
+        attributor = Attributor.from_cluster(
+            loaded.cluster,
+            ipblock_pod_ips=IPBlockPodIPs(inputs.ipblock_pod_ips),
+            named_cidrs=named,
+            pod_cidrs=inputs.pod_cidrs,
+        )
+    except ValueError as exc:  # two names for one range
+        raise BadInput(f"--cidr: {exc}") from None
+    flows = FlowFile(inputs.flows_path, strict=inputs.strict, since=since, until=until)
+    return PreparedInputs(loaded, attributor, flows)
 
 
 @dataclass
@@ -105,40 +182,11 @@ class AttributedFlows:
     flows: FlowFile
 
 
-def attribute_flows(
-    *,
-    cluster_paths: tuple[str, ...],
-    strict: bool,
-    flows_path: str,
-    since_text: str | None,
-    until_text: str | None,
-    cidrs: tuple[str, ...],
-    pod_cidrs: tuple[str, ...],
-    ipblock_pod_ips: str,
-) -> AttributedFlows:
+def attribute_flows(inputs: FlowArgs) -> AttributedFlows:
     """Load the cluster, read the flows and attribute every record (bad input: exit 2)."""
-    since = None if since_text is None else parse_time(since_text, "--since")
-    until = None if until_text is None else parse_time(until_text, "--until")
-    if since is not None and until is not None and until < since:
-        raise BadInput(f"--until {until_text} is before --since {since_text}")
-    named = parse_named_cidrs(cidrs)
-    for cidr in pod_cidrs:
-        try:
-            parse_named_cidrs((f"pod={cidr}",))
-        except BadInput:
-            raise BadInput(f"--pod-cidr {cidr!r}: not a CIDR") from None
-    loaded = load(cluster_paths, strict=strict)
-    try:
-        attributor = Attributor.from_cluster(
-            loaded.cluster,
-            ipblock_pod_ips=IPBlockPodIPs(ipblock_pod_ips),
-            named_cidrs=named,
-            pod_cidrs=pod_cidrs,
-        )
-    except ValueError as exc:  # two names for one range
-        raise BadInput(f"--cidr: {exc}") from None
-    analysis = TrafficAnalysis(attributor)
-    flows = FlowFile(flows_path, strict=strict, since=since, until=until)
+    prepared = prepare_inputs(inputs)
+    analysis = TrafficAnalysis(prepared.attributor)
+    flows = prepared.flows
     # The loop allocates millions of short-lived tuples and dicts but no reference
     # cycles; the cyclic collector would only rescan the growing caches again and again.
     gc.disable()
@@ -150,8 +198,8 @@ def attribute_flows(
         raise BadInput(str(exc)) from None
     finally:
         gc.enable()
-    _report_input_problems(flows)
-    return AttributedFlows(loaded, attributor, analysis, flows)
+    report_input_problems(flows)
+    return AttributedFlows(prepared.load, prepared.attributor, analysis, flows)
 
 
 @contextmanager
@@ -175,7 +223,8 @@ def _progress(flows: FlowFile) -> Iterator[Callable[[int], None] | None]:
         yield lambda done: progress.update(task, completed=done)
 
 
-def _report_input_problems(flows: FlowFile) -> None:
+def report_input_problems(flows: FlowFile) -> None:
+    """Warnings, skipped lines and a summary of them on stderr."""
     err = stderr_console()
     for warning in flows.warnings:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False)
@@ -214,14 +263,8 @@ def describe_input(flows: FlowFile) -> str:
 @click.option("--all", "show_all", is_flag=True, help="Table output: show every group and finding.")
 @output_option
 def analyze(
-    cluster_paths: tuple[str, ...],
-    strict: bool,
-    flows_path: str,
-    since_text: str | None,
-    until_text: str | None,
-    cidrs: tuple[str, ...],
-    pod_cidrs: tuple[str, ...],
-    ipblock_pod_ips: str,
+    *,
+    inputs: FlowArgs,
     top: int,
     show_all: bool,
     output: str,
@@ -232,16 +275,7 @@ def analyze(
     ClusterIPs to a backend pod and its target port. Findings: unexpected-flow,
     unprotected-workload, unused-rule, overly-broad-rule and the static lint kinds.
     """
-    run = attribute_flows(
-        cluster_paths=cluster_paths,
-        strict=strict,
-        flows_path=flows_path,
-        since_text=since_text,
-        until_text=until_text,
-        cidrs=cidrs,
-        pod_cidrs=pod_cidrs,
-        ipblock_pod_ips=ipblock_pod_ips,
-    )
+    run = attribute_flows(inputs)
     result: AnalysisResult = run.analysis.result(problems=run.load.problems)
     fmt = output_format(output)
     if fmt is OutputFormat.TABLE:

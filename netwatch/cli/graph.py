@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from netwatch.cli.analyze import attribute_flows, flows_options
+from netwatch.cli.analyze import FlowArgs, attribute_flows, flows_options
 from netwatch.cli.common import BadInput
 from netwatch.core.graph import workload_graph
 from netwatch.render.graph import graph_to_dot, graph_to_grafana, graph_to_graphml, to_networkx
@@ -40,28 +40,13 @@ FORMATS = ("json", "dot", "graphml")
     help="Write to FILE instead of stdout.",
 )
 def graph(
-    cluster_paths: tuple[str, ...],
-    strict: bool,
-    flows_path: str,
-    since_text: str | None,
-    until_text: str | None,
-    cidrs: tuple[str, ...],
-    pod_cidrs: tuple[str, ...],
-    ipblock_pod_ips: str,
+    *,
+    inputs: FlowArgs,
     fmt: str,
     out_path: str | None,
 ) -> None:
     """Workload graph of observed connections: JSON (Grafana Node Graph), DOT or GraphML."""
-    run = attribute_flows(
-        cluster_paths=cluster_paths,
-        strict=strict,
-        flows_path=flows_path,
-        since_text=since_text,
-        until_text=until_text,
-        cidrs=cidrs,
-        pod_cidrs=pod_cidrs,
-        ipblock_pod_ips=ipblock_pod_ips,
-    )
+    run = attribute_flows(inputs)
     wg = workload_graph(run.analysis.result(static=False).groups)
     if fmt == "dot":
         text = graph_to_dot(wg)

@@ -24,12 +24,16 @@ from pathlib import Path
 import click
 
 from netwatch.capture.flowfile import FlowFile, FlowInputError
-from netwatch.cli.analyze import describe_input, flows_options
-from netwatch.cli.common import BadInput, load, stderr_console, stdout_console
-from netwatch.cli.inventory import parse_named_cidrs, parse_time
+from netwatch.cli.analyze import (
+    FlowArgs,
+    describe_input,
+    flows_options,
+    prepare_inputs,
+    report_input_problems,
+)
+from netwatch.cli.common import BadInput, stderr_console, stdout_console
 from netwatch.core.attribution import Attributor
 from netwatch.core.cidr import DEFAULT_BUDGET
-from netwatch.core.engine import IPBlockPodIPs
 from netwatch.core.observed import Observations, group_flows, labels_of
 from netwatch.core.suggest import Suggestion, SuggestMode, SuggestOptions, suggest
 from netwatch.core.verify import Verification, check_policies
@@ -71,51 +75,18 @@ class Observed:
     pod_cidrs: tuple[str, ...]
 
 
-def observe(
-    *,
-    cluster_paths: tuple[str, ...],
-    strict: bool,
-    flows_path: str,
-    since_text: str | None,
-    until_text: str | None,
-    cidrs: tuple[str, ...],
-    pod_cidrs: tuple[str, ...],
-    ipblock_pod_ips: str,
-) -> Observed:
+def observe(inputs: FlowArgs) -> Observed:
     """Load and attribute `analyze`'s inputs (bad input: exit 2); shared with `whatif`."""
-    since = None if since_text is None else parse_time(since_text, "--since")
-    until = None if until_text is None else parse_time(until_text, "--until")
-    if since is not None and until is not None and until < since:
-        raise BadInput(f"--until {until_text} is before --since {since_text}")
-    named = parse_named_cidrs(cidrs)
-    for cidr in pod_cidrs:
-        try:
-            parse_named_cidrs((f"pod={cidr}",))
-        except BadInput:
-            raise BadInput(f"--pod-cidr {cidr!r}: not a CIDR") from None
-    loaded = load(cluster_paths, strict=strict)
-    try:
-        attributor = Attributor.from_cluster(
-            loaded.cluster,
-            ipblock_pod_ips=IPBlockPodIPs(ipblock_pod_ips),
-            named_cidrs=named,
-            pod_cidrs=pod_cidrs,
-        )
-    except ValueError as exc:  # two names for one range
-        raise BadInput(f"--cidr: {exc}") from None
-    flows = FlowFile(flows_path, strict=strict, since=since, until=until)
+    prepared = prepare_inputs(inputs)
+    flows = prepared.flows
     try:
         observations = Observations()
-        observations.add_rows(flows.rows(), attributor)
+        observations.add_rows(flows.rows(), prepared.attributor)
     except FlowInputError as exc:
         raise BadInput(str(exc)) from None
-    err = stderr_console()
-    for warning in flows.warnings:
-        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
-    for issue in flows.issues[:MAX_SHOWN_ISSUES]:
-        err.print(f"[yellow]warning:[/] {issue} (line skipped)", highlight=False)
-    err.print(describe_input(flows), highlight=False)
-    return Observed(loaded, attributor, observations, flows, pod_cidrs)
+    report_input_problems(flows)
+    stderr_console().print(describe_input(flows), highlight=False)
+    return Observed(prepared.load, prepared.attributor, observations, flows, inputs.pod_cidrs)
 
 
 def _write_out(out_dir: str, s: Suggestion) -> None:
@@ -224,14 +195,8 @@ def _stderr_summary(s: Suggestion, v: Verification) -> None:
     help="yaml: the policies (multi-document); json: the documented report; table: summary.",
 )
 def suggest_command(
-    cluster_paths: tuple[str, ...],
-    strict: bool,
-    flows_path: str,
-    since_text: str | None,
-    until_text: str | None,
-    cidrs: tuple[str, ...],
-    pod_cidrs: tuple[str, ...],
-    ipblock_pod_ips: str,
+    *,
+    inputs: FlowArgs,
     mode: str,
     include_denied: bool,
     quiet_period: str,
@@ -249,16 +214,7 @@ def suggest_command(
         quiet_period=parse_duration(quiet_period, "--quiet-period"),
         max_cidrs=max_cidrs,
     )
-    run = observe(
-        cluster_paths=cluster_paths,
-        strict=strict,
-        flows_path=flows_path,
-        since_text=since_text,
-        until_text=until_text,
-        cidrs=cidrs,
-        pod_cidrs=pod_cidrs,
-        ipblock_pod_ips=ipblock_pod_ips,
-    )
+    run = observe(inputs)
     result = suggest(run.observations, engine=run.attributor.engine, options=options)
     verification = check_policies(
         run.observations,

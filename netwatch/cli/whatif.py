@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from netwatch.cli.analyze import flows_options
+from netwatch.cli.analyze import FlowArgs, flows_options
 from netwatch.cli.common import BadInput, output_format, output_option, stdout_console
 from netwatch.cli.suggest import observe
 from netwatch.core.policy import NetworkPolicy
@@ -52,14 +52,8 @@ def load_proposal(paths: tuple[str, ...]) -> tuple[NetworkPolicy, ...]:
 )
 @output_option
 def whatif_command(
-    cluster_paths: tuple[str, ...],
-    strict: bool,
-    flows_path: str,
-    since_text: str | None,
-    until_text: str | None,
-    cidrs: tuple[str, ...],
-    pod_cidrs: tuple[str, ...],
-    ipblock_pod_ips: str,
+    *,
+    inputs: FlowArgs,
     policy_paths: tuple[str, ...],
     replace: bool,
     include_denied: bool,
@@ -70,16 +64,7 @@ def whatif_command(
     Exit 0 when nothing would be denied, 1 otherwise, 2 on bad input.
     """
     proposal = load_proposal(policy_paths)
-    run = observe(
-        cluster_paths=cluster_paths,
-        strict=strict,
-        flows_path=flows_path,
-        since_text=since_text,
-        until_text=until_text,
-        cidrs=cidrs,
-        pod_cidrs=pod_cidrs,
-        ipblock_pod_ips=ipblock_pod_ips,
-    )
+    run = observe(inputs)
     result = whatif(
         run.observations,
         attributor=run.attributor,

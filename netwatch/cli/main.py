@@ -15,6 +15,7 @@ import click
 from netwatch import __version__
 
 COMMANDS: dict[str, str] = {
+    "agent": "netwatch.cli.agent:agent",
     "analyze": "netwatch.cli.analyze:analyze",
     "capture": "netwatch.cli.capture:capture",
     "graph": "netwatch.cli.graph:graph",

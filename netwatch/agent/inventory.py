@@ -9,7 +9,8 @@ the store, so neither it nor the `Cluster`/`PolicyEngine` built from it needs a 
 Two feeds implement `InventoryFeed`:
 
 - `SnapshotFeed` (`--cluster`): `netwatch.k8s.reload.SnapshotSource`, polled from the
-  drain loop (a stat of each file; a reload only when they changed), so no thread. A
+  drain loop (a stat of each file; a reload only when they changed), so no thread. The
+  first load holds for all time, later ones from when they were loaded. A
   rejected reload (broken YAML, invalid object, vanished file) keeps the previous
   inventory; the feed is *stale* from the first rejection until a good reload, and
   from the start when nothing usable was ever loaded (every path missing).
@@ -20,6 +21,7 @@ Two feeds implement `InventoryFeed`:
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -95,10 +97,24 @@ class SnapshotFeed:
     def __init__(
         self, paths: Sequence[str], sink: BufferedSink, *, clock: Callable[[], float]
     ) -> None:
-        self._source = SnapshotSource(paths, sink, clock=clock)
+        self._source = SnapshotSource(paths, sink, clock=self._delivery_time)
         self._clock = clock
+        self._delivered = False
         self._rejected = 0
         self._bad_since: float | None = None
+
+    def _delivery_time(self) -> float:
+        """When a delivered load takes effect (`SnapshotSource` asks once per load).
+
+        A snapshot does not say since when its objects exist: the first load counts for
+        all time (bounded by each pod's creationTimestamp), as `netwatch inventory` and
+        `analyze` read snapshots, so connections older than the agent (pinned maps, a
+        replayed log) resolve. Later loads are changes, and take effect now.
+        """
+        if not self._delivered:
+            self._delivered = True
+            return -math.inf
+        return self._clock()
 
     def start(self) -> None:
         self.refresh()

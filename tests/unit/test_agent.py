@@ -216,6 +216,20 @@ def test_suggestions_are_served_as_verified_yaml(tmp_path: Path, clock: Clock) -
     assert [p["port"] for p in rule["ports"]] == ["http"]  # the pod names its 5432 `http`
 
 
+def test_connections_older_than_the_agent_resolve_against_the_first_snapshot(
+    tmp_path: Path, clock: Clock
+) -> None:
+    old = T0 - 3600  # drained from pinned maps, or a replayed log
+    agent, _ = make_agent(tmp_path, [[], [conn(WEB, API, 8080, at=old)]], clock)
+    agent.start()
+    try:
+        agent.step()
+        flows = samples(agent, "netwatch_flows_total")
+    finally:
+        agent.shutdown()
+    assert flows == {flow_labels("web", "api", 8080, "allowed"): 1}
+
+
 def test_readiness_needs_capture_and_a_fresh_inventory(running: tuple[Agent, Path]) -> None:
     agent, _ = running
     assert get(agent, "/readyz")[0] == 200

@@ -29,7 +29,11 @@ def fake_usr_src(root: Path, version: str = "6.1.0-56") -> Path:
 def test_the_tree_overlays_arch_on_common_with_symlinks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv(kernel_src.ENV, raising=False)
+    # setenv first so that monkeypatch restores the original state (usually: unset)
+    # after ensure_kernel_source() sets it: a leaked fake tree breaks every later bcc
+    # compile in this session (the privileged tests' subprocesses inherit it).
+    monkeypatch.setenv(kernel_src.ENV, "")
+    monkeypatch.delenv(kernel_src.ENV)
     usr_src = fake_usr_src(tmp_path / "src")
     tree = kernel_src.ensure_kernel_source(
         cache=tmp_path / "cache", usr_src=usr_src, modules=tmp_path / "modules", release="x"

@@ -8,7 +8,7 @@ APT_PACKAGES := python3-venv python3-pip python3-bpfcc bpfcc-tools bpftool linux
 	iproute2 iptables conntrack tcpdump iperf3 prometheus ethtool procps
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-packages venv lint typecheck imports unit test demo bench clean
+.PHONY: setup system-packages venv lint typecheck imports unit test demo demo-offline bench clean
 
 setup: system-packages $(STAMP)
 
@@ -36,7 +36,15 @@ unit: $(STAMP)
 
 test: setup lint typecheck imports unit
 
-demo: setup
+# The live demo: two-node netns lab, an eBPF agent per node, scripted traffic, a report.
+demo:
+	@if [ "$$(id -u)" != 0 ]; then \
+		echo "make demo needs root: sudo make demo (make demo-offline needs no root)" >&2; exit 2; fi
+	@$(MAKE) --no-print-directory setup
+	$(VENV)/bin/netwatch demo
+
+# The offline walkthrough of the policy engine over the bundled scenarios (no root).
+demo-offline: $(STAMP)
 	@bash scripts/demo.sh
 
 bench: setup

@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
-# Offline walkthrough of the NetworkPolicy engine over the bundled `shop` scenario.
-# (The live demo — netns lab, one agent per node, Prometheus — replaces this once the
-# agent exists; see the issues.)
+# Offline walkthrough (`make demo-offline`, no root) of the NetworkPolicy engine over the bundled scenarios.
+# The live demo is `sudo make demo` (`netwatch demo`: netns lab, one eBPF agent per node).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NW=".venv/bin/netwatch"

@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "agent": "netwatch.cli.agent:agent",
     "analyze": "netwatch.cli.analyze:analyze",
     "capture": "netwatch.cli.capture:capture",
+    "demo": "netwatch.cli.demo:demo",
     "graph": "netwatch.cli.graph:graph",
     "inventory": "netwatch.cli.inventory:inventory",
     "lab": "netwatch.cli.lab:lab",

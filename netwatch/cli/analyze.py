@@ -58,7 +58,8 @@ class FlowArgs:
 
     cluster_paths: tuple[str, ...]
     strict: bool
-    flows_path: str
+    flows_path: str | None
+    """None only for commands that read traffic elsewhere (`suggest --prometheus`)."""
     since_text: str | None
     until_text: str | None
     cidrs: tuple[str, ...]
@@ -70,13 +71,22 @@ def flows_options(func: _F) -> _F:
     """`--cluster`, `--strict`, `--flows`, `--since/--until`, `--cidr`, `--pod-cidr`,
     `--ipblock-pod-ips` (in that order in `--help`), passed to `func` as one
     `inputs: FlowArgs` keyword argument."""
+    return _flows_options(func, flows_required=True)
+
+
+def optional_flows_options(func: _F) -> _F:
+    """`flows_options` with `--flows` optional (the command has another traffic source)."""
+    return _flows_options(func, flows_required=False)
+
+
+def _flows_options(func: _F, *, flows_required: bool) -> _F:
 
     @functools.wraps(func)
     def bundled(
         *,
         cluster_paths: tuple[str, ...],
         strict: bool,
-        flows_path: str,
+        flows_path: str | None,
         since_text: str | None,
         until_text: str | None,
         cidrs: tuple[str, ...],
@@ -102,7 +112,8 @@ def flows_options(func: _F) -> _F:
             click.option(
                 "--flows",
                 "flows_path",
-                required=True,
+                required=flows_required,
+                default=None,
                 type=click.Path(path_type=str, allow_dash=True),
                 help="Flow log (JSON Lines, `-` for stdin, may be gzipped) or pcap/pcapng.",
             ),
@@ -150,10 +161,19 @@ class PreparedInputs:
 
 def prepare_inputs(inputs: FlowArgs) -> PreparedInputs:
     """Validate the options, load the cluster, build the attributor (bad input: exit 2)."""
+    if inputs.flows_path is None:
+        raise BadInput("--flows is required")
     since = None if inputs.since_text is None else parse_time(inputs.since_text, "--since")
     until = None if inputs.until_text is None else parse_time(inputs.until_text, "--until")
     if since is not None and until is not None and until < since:
         raise BadInput(f"--until {inputs.until_text} is before --since {inputs.since_text}")
+    loaded, attributor = prepare_cluster(inputs)
+    flows = FlowFile(inputs.flows_path, strict=inputs.strict, since=since, until=until)
+    return PreparedInputs(loaded, attributor, flows)
+
+
+def prepare_cluster(inputs: FlowArgs) -> tuple[LoadResult, Attributor]:
+    """Load the cluster and build the attributor the options describe (bad input: exit 2)."""
     named = parse_named_cidrs(inputs.cidrs)
     for cidr in inputs.pod_cidrs:
         try:
@@ -170,8 +190,7 @@ def prepare_inputs(inputs: FlowArgs) -> PreparedInputs:
         )
     except ValueError as exc:  # two names for one range
         raise BadInput(f"--cidr: {exc}") from None
-    flows = FlowFile(inputs.flows_path, strict=inputs.strict, since=since, until=until)
-    return PreparedInputs(loaded, attributor, flows)
+    return loaded, attributor
 
 
 @dataclass

@@ -27,14 +27,18 @@ from netwatch.capture.flowfile import FlowFile, FlowInputError
 from netwatch.cli.analyze import (
     FlowArgs,
     describe_input,
-    flows_options,
+    optional_flows_options,
+    prepare_cluster,
     prepare_inputs,
     report_input_problems,
 )
 from netwatch.cli.common import BadInput, stderr_console, stdout_console
+from netwatch.cli.inventory import parse_time
+from netwatch.cli.prometheus import instant_query
 from netwatch.core.attribution import Attributor
 from netwatch.core.cidr import DEFAULT_BUDGET
 from netwatch.core.observed import Observations, group_flows, labels_of
+from netwatch.core.promflows import FLOW_LABELS, edge_rows
 from netwatch.core.suggest import Suggestion, SuggestMode, SuggestOptions, suggest
 from netwatch.core.verify import Verification, check_policies
 from netwatch.k8s.snapshot import LoadResult
@@ -71,7 +75,8 @@ class Observed:
     load: LoadResult
     attributor: Attributor
     observations: Observations
-    flows: FlowFile
+    flows: FlowFile | None
+    """None when the observations came from Prometheus."""
     pod_cidrs: tuple[str, ...]
 
 
@@ -87,6 +92,51 @@ def observe(inputs: FlowArgs) -> Observed:
     report_input_problems(flows)
     stderr_console().print(describe_input(flows), highlight=False)
     return Observed(prepared.load, prepared.attributor, observations, flows, inputs.pod_cidrs)
+
+
+def flows_query(window_seconds: float) -> str:
+    """Connections per workload edge over the window, summed across every agent.
+
+    `increase()` ignores a series' first sample, so a series an agent created inside the
+    window (its first connection) would count only what came after its first scrape —
+    often nothing. Such series (absent at the window start) count their maximum instead.
+    """
+    labels = ",".join(FLOW_LABELS)
+    metric = "netwatch_flows_total"
+    w = f"{int(window_seconds)}s"
+    older = f"(increase({metric}[{w}]) and {metric} offset {w})"
+    newer = f"(max_over_time({metric}[{w}]) unless {metric} offset {w})"
+    return f"sum by ({labels}) ({older} or {newer})"
+
+
+def observe_prometheus(inputs: FlowArgs, url: str, window: str) -> Observed:
+    """The workload edges every agent exported, from Prometheus (`core.promflows`)."""
+    if inputs.since_text is not None:
+        raise BadInput("--since does not apply to --prometheus (use --window)")
+    seconds = parse_duration(window, "--window")
+    if seconds < 1:
+        raise BadInput(f"--window {window!r}: must be at least 1s")
+    until = None if inputs.until_text is None else parse_time(inputs.until_text, "--until")
+    loaded, attributor = prepare_cluster(inputs)
+    at, samples = instant_query(url, flows_query(seconds), at=until)
+    when = at if at is not None else (until or 0.0)
+    edges = edge_rows(samples, loaded.cluster, at=when)
+    observations = Observations()
+    for edge in edges.rows:
+        observations.add_counted(edge.row, attributor, edge.count)
+    err = stderr_console()
+    if edges.skipped:
+        parts = ", ".join(f"{n} {why}" for why, n in sorted(edges.skipped.items()))
+        err.print(
+            f"[yellow]warning:[/] connections that cannot become rules from metrics: {parts}",
+            highlight=False,
+        )
+    err.print(
+        f"read {len(samples)} workload edge(s), {observations.records} connection(s) "
+        f"over {window} from Prometheus at {url}",
+        highlight=False,
+    )
+    return Observed(loaded, attributor, observations, None, inputs.pod_cidrs)
 
 
 def _write_out(out_dir: str, s: Suggestion) -> None:
@@ -151,7 +201,21 @@ def _stderr_summary(s: Suggestion, v: Verification) -> None:
 
 
 @click.command(name="suggest")
-@flows_options
+@optional_flows_options
+@click.option(
+    "--prometheus",
+    "prometheus_url",
+    metavar="URL",
+    help="Read the workload edges every agent exported from this Prometheus instead of "
+    "--flows (cluster-wide suggestions).",
+)
+@click.option(
+    "--window",
+    default="7d",
+    show_default=True,
+    metavar="DURATION",
+    help="With --prometheus: how far back to read (ending at --until, default now).",
+)
 @click.option(
     "--mode",
     type=click.Choice([m.value for m in SuggestMode]),
@@ -197,6 +261,8 @@ def _stderr_summary(s: Suggestion, v: Verification) -> None:
 def suggest_command(
     *,
     inputs: FlowArgs,
+    prometheus_url: str | None,
+    window: str,
     mode: str,
     include_denied: bool,
     quiet_period: str,
@@ -214,7 +280,14 @@ def suggest_command(
         quiet_period=parse_duration(quiet_period, "--quiet-period"),
         max_cidrs=max_cidrs,
     )
-    run = observe(inputs)
+    if prometheus_url is not None and inputs.flows_path is not None:
+        raise BadInput("--flows and --prometheus are mutually exclusive")
+    if prometheus_url is None and inputs.flows_path is None:
+        raise BadInput("one of --flows or --prometheus is required")
+    if prometheus_url is not None:
+        run = observe_prometheus(inputs, prometheus_url, window)
+    else:
+        run = observe(inputs)
     result = suggest(run.observations, engine=run.attributor.engine, options=options)
     verification = check_policies(
         run.observations,

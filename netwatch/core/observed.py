@@ -96,6 +96,28 @@ class Observations:
                 obs.sample = _sample(row, res)
         self.records += count
 
+    def add_counted(self, row: FlowRow, attributor: Attributor, count: int) -> None:
+        """One row standing for `count` records alike (a metric series: `promflows`)."""
+        if count <= 0:
+            return
+        cip, sip, sport, proto, first, last, nbytes, _packets, svc, _cport = row
+        res = attributor.resolve_fields(cip, sip, sport, proto, first, svc)
+        self.records += count
+        entry = self._by_resolution.get(id(res))
+        if entry is None:
+            self._by_resolution[id(res)] = (
+                res,
+                Observation(_sample(row, res), count, nbytes, first, last),
+            )
+            return
+        obs = entry[1]
+        obs.count += count
+        obs.bytes += nbytes
+        obs.last_seen = max(obs.last_seen, last)
+        if first < obs.first_seen:
+            obs.first_seen = first
+            obs.sample = _sample(row, res)
+
     def __iter__(self) -> Iterator[Observation]:
         return (obs for _, obs in self._by_resolution.values())
 

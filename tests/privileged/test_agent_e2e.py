@@ -8,6 +8,12 @@ which node must report each — the counted-once rule), tcpdump on every pod vet
 packets and whole-IP-packet bytes), the lab plan (workload names) and the offline policy
 engine over the lab's snapshot (verdicts). Prometheus's `sum by (labels)` of each flow
 family must equal those per (workload pair, port, protocol, verdict), exactly.
+
+Then, against the same Prometheus: every PromQL expression of `dashboards/*.json` (Grafana
+variables substituted as `tests/unit/test_dashboards.py` does) returns data, and
+`netwatch suggest --prometheus` (run inside the fabric namespace) proposes a set that,
+judged by the verifier alone (`--mode replace`), allows every scripted connection that
+was allowed — all but those with an external end, which metrics cannot name.
 """
 
 from __future__ import annotations
@@ -28,9 +34,12 @@ from typing import Any
 import pytest
 
 from netwatch import lab
-from netwatch.core.attribution import Attributor
+from netwatch.core.attribution import Attributed, Attributor
 from netwatch.core.flow import Connection, Orientation
+from netwatch.core.identity import IdentityKind
 from netwatch.core.model import Protocol
+from netwatch.core.observed import Observations
+from netwatch.core.verify import check_policies
 from netwatch.k8s.snapshot import load_cluster
 from netwatch.lab.lab import LabHandle
 from netwatch.lab.manifest import ExpectedConnection
@@ -44,6 +53,7 @@ from tests.privileged.ebpf_fixtures import (
     require_privileges,
     view,
 )
+from tests.unit.test_dashboards import DASHBOARDS, expressions, load, substituted
 
 pytestmark = [pytest.mark.privileged, pytest.mark.slow]
 
@@ -138,6 +148,13 @@ class Prometheus:
         rows = self.query(f"sum by ({','.join(labels)}) ({metric}) > 0")
         return {tuple(r["metric"].get(k, "") for k in labels): float(r["value"][1]) for r in rows}
 
+    def wait_scraping(self, targets: int, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            if len(self.query("up == 1")) == targets:
+                return
+            time.sleep(0.2)
+        pytest.fail(f"Prometheus never scraped all {targets} agents:\n{self.err_path.read_text()}")
+
     def stop(self) -> None:
         _stop(self.proc, signal.SIGTERM)
 
@@ -167,6 +184,17 @@ class Expected:
         self.rule_hits: dict[Key, int] = defaultdict(int)
 
 
+def _attribute(attributor: Attributor, c: ExpectedConnection) -> Attributed:
+    client, server = _endpoints(c)
+    return attributor.attribute(
+        Connection(
+            client_ip=client[0], client_port=client[1], server_ip=server[0],
+            server_port=server[1], protocol=Protocol(c.protocol), first_seen=c.first_seen,
+            last_seen=c.last_seen, orientation=Orientation.SYN,
+        )
+    )  # fmt: skip
+
+
 def expected_series(
     handle: LabHandle, connections: list[ExpectedConnection], pcaps: dict[str, Path]
 ) -> Expected:
@@ -177,13 +205,7 @@ def expected_series(
         if c.reporter is None:
             continue
         client, server = _endpoints(c)
-        a = attributor.attribute(
-            Connection(
-                client_ip=client[0], client_port=client[1], server_ip=server[0],
-                server_port=server[1], protocol=Protocol(c.protocol), first_seen=c.first_seen,
-                last_seen=c.last_seen, orientation=Orientation.SYN,
-            )
-        )  # fmt: skip
+        a = _attribute(attributor, c)
         key = (*_peer(handle, c.client.peer), *_peer(handle, c.server.peer), str(a.port),
                c.protocol, a.verdict.value)  # fmt: skip
         # the reporter sees the server pod's veth, else the client pod's
@@ -216,6 +238,9 @@ def test_prometheus_sees_exactly_the_scripted_traffic(two_nodes: LabHandle, tmp_
         for agent in agents.values():
             agent.wait_started(start + 60)
         prometheus = Prometheus(two_nodes, tmp_path)
+        # Every series must exist before the traffic: a counter first scraped with its
+        # final value has no increase (the dashboards' rate()/increase() panels).
+        prometheus.wait_scraping(len(agents), start + 60)
         dumps = {
             pod.interface: Tcpdump(
                 two_nodes.nodes[pod.node].netns, pod.interface, tmp_path / f"{pod.interface}.pcap"
@@ -246,6 +271,8 @@ def test_prometheus_sees_exactly_the_scripted_traffic(two_nodes: LabHandle, tmp_
         hits = prometheus.by_key("netwatch_policy_rule_hits_total", RULE_KEY)
         assert hits == expected.rule_hits
         assert len(prometheus.query("up == 1")) == len(agents)
+        check_dashboards(prometheus)
+        check_suggestions(two_nodes, prometheus, manifest.connections, tmp_path)
         for agent in agents.values():
             assert '"level": "error"' not in agent.log(), agent.log()
     finally:
@@ -258,4 +285,54 @@ def test_prometheus_sees_exactly_the_scripted_traffic(two_nodes: LabHandle, tmp_
     for name, agent in agents.items():
         assert agent.proc.returncode == 0, agent.log()
         assert_clean(two_nodes.nodes[name].netns)
-    assert time.monotonic() - start < 90
+    assert time.monotonic() - start < 120
+
+
+def check_dashboards(prometheus: Prometheus) -> None:
+    """Every dashboard expression returns data for the scripted traffic."""
+    empty = []
+    for path in DASHBOARDS:
+        for where, expr in expressions(load(path)):
+            if not prometheus.query(substituted(expr)):
+                empty.append(f"{path.name} {where}: {expr}")
+    assert not empty, "expressions without data:\n" + "\n".join(empty)
+
+
+def check_suggestions(
+    handle: LabHandle, prometheus: Prometheus, connections: list[ExpectedConnection], tmp_path: Path
+) -> None:
+    """`suggest --prometheus` admits every scripted connection that was allowed."""
+    out = tmp_path / "suggested"
+    result = handle.exec(
+        handle.fabric_netns,
+        [sys.executable, "-m", "netwatch.cli.main", "suggest",
+         "--cluster", str(handle.snapshot_path), "--prometheus", f"http://{prometheus.address}",
+         "--window", "10m", "--out", str(out)],
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "verified: all" in result.stderr, result.stderr
+    suggested = load_cluster([out])
+    assert suggested.problems == ()
+    assert suggested.cluster.policies
+    attributor = Attributor.from_cluster(load_cluster([handle.snapshot_path]).cluster)
+    observed = Observations()
+    for c in connections:
+        if c.reporter is None:
+            continue
+        a = _attribute(attributor, c)
+        if IdentityKind.EXTERNAL in (a.client.kind, a.server.kind):
+            continue  # `world`: metrics carry no addresses to build an ipBlock from
+        observed.add(a)
+    verification = check_policies(
+        observed,
+        attributor=attributor,
+        policies=suggested.cluster.policies,
+        replace=True,
+        include_denied=False,
+    )
+    assert verification.checked > 0
+    assert verification.ok, [
+        (d.observed.sample.client.name, d.observed.sample.server.name, d.observed.sample.port)
+        for d in verification.denials
+    ]

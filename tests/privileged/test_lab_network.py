@@ -131,7 +131,8 @@ def test_snapshot_loads_cleanly_and_matches_the_live_topology(two_node: LabHandl
         p.ip for p in two_node.pods.values() if p.workload.name == "cart"
     )
     assert {p.key for p in cluster.policies} == {
-        "shop/cart-from-frontend", "shop/db-from-cart", "shop/default-deny-ingress"
+        "shop/cart-from-frontend", "shop/db-from-backup", "shop/db-from-cart",
+        "shop/default-deny-ingress",
     }  # fmt: skip
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from netwatch.capture.flowlog import (
+    FIELD_ORDER,
     FlowLogError,
     FlowLogIssue,
     open_binary,
@@ -52,22 +53,8 @@ _PCAP_MAGICS = (
 _PCAP_SUFFIXES = (".pcap", ".pcapng", ".cap", ".pcap.gz", ".pcapng.gz")
 _PROTOCOLS = {p.value: p for p in Protocol}
 _ORIENTATIONS = frozenset(o.value for o in Orientation)
-_REQUIRED = frozenset(
-    (
-        "client_ip",
-        "client_port",
-        "server_ip",
-        "server_port",
-        "protocol",
-        "first_seen",
-        "last_seen",
-        "packets_out",
-        "bytes_out",
-        "packets_in",
-        "bytes_in",
-        "orientation",
-    )
-)
+# The required keys are the written record's keys before `node`/`interface`.
+_REQUIRED = frozenset(FIELD_ORDER[: FIELD_ORDER.index("node")])
 _FAST_KEYS = _REQUIRED | {"node", "interface", "service_ip", "service_port"}
 _N_REQUIRED = len(_REQUIRED)
 _REQUIRED_GETTER = itemgetter(

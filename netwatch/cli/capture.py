@@ -15,6 +15,7 @@ there too.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import logging
@@ -283,16 +284,9 @@ def capture(
         if pcap_path:
             _from_pcap(pcap_path, out=out, node=node, interfaces=interfaces)
             return
-        options = _ebpf_options(
-            interfaces=interfaces,
-            map_size=map_size,
-            pin_dir=pin_dir,
-            persist=persist,
-            reset=reset,
-            node=node,
-            drain_method=drain_method,
-            conntrack=not no_conntrack,
-            is_cluster_pod=cluster_pod_predicate(pod_cidrs, cluster_paths),
+        # Only now: the predicate may load cluster snapshots, which --print-bpf never needs.
+        options = dataclasses.replace(
+            options, is_cluster_pod=cluster_pod_predicate(pod_cidrs, cluster_paths)
         )
         # Handlers first: a SIGTERM during the compile must still end in a clean detach.
         stop = threading.Event()

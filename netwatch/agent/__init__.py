@@ -39,10 +39,12 @@ from dataclasses import dataclass, field
 
 from netwatch import __version__
 from netwatch.agent.inventory import BufferedSink, InventoryFeed
+from netwatch.agent.state import StateDir
 from netwatch.agent.suggestions import DEFAULT_INTERVAL as DEFAULT_SUGGEST_INTERVAL
 from netwatch.agent.suggestions import Suggester
-from netwatch.capture.base import FlowSource
+from netwatch.capture.base import FlowSource, Journaled
 from netwatch.core.attribution import Attributor
+from netwatch.core.checkpoint import Checkpoint
 from netwatch.core.engine import IPBlockPodIPs, PolicyEngine
 from netwatch.core.identity import IdentityIndex
 from netwatch.core.lint import lint
@@ -98,11 +100,14 @@ class Agent:
         inventory: InventoryFeed,
         sink: BufferedSink,
         server: ServerConfig,
+        state: StateDir | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """`sink` is the one `inventory` delivers into; `clock` gives epoch seconds."""
+        """`sink` is the one `inventory` delivers into; `state` (optional) keeps the
+        counters across restarts (`agent.state`); `clock` gives epoch seconds."""
         self.config = config
         self._flows = flows
+        self._state = state
         self._feed = inventory
         self._sink = sink
         self._clock = clock
@@ -138,6 +143,7 @@ class Agent:
             raise RuntimeError("the agent is already started")
         self._started = True
         self.server.start()
+        self._restore()
         self._capture_ok = True
         self._feed.start()
         self.step()
@@ -180,6 +186,8 @@ class Agent:
         self._capture_ok = False
         self._feed.stop()
         self.server.stop()
+        if self._state is not None:
+            self._state.close()
         log.info(
             "agent stopped",
             extra={"node": self.config.node, "drains": self.drains, "records": self.records_total},
@@ -209,9 +217,52 @@ class Agent:
         ):
             suggestions = self.suggester.render(self._attributor, now=now)
         self.box.publish(Published(snapshot, suggestions_yaml=suggestions))
+        self._checkpoint(now)
         self.drains += 1
         log.debug("drained", extra={"records": records, "series": self.accumulator.series})
         return snapshot
+
+    # ------------------------------------------------------------------ checkpoint
+
+    def _restore(self) -> None:
+        """Continue from the state directory's checkpoint; queue the uncounted journal."""
+        if self._state is None:
+            return
+        checkpoint = self._state.load(node=self.config.node)
+        position = 0
+        if checkpoint is not None:
+            self.accumulator.restore(checkpoint.telemetry)
+            position = checkpoint.position
+            log.info(
+                "checkpoint restored",
+                extra={
+                    "position": position,
+                    "series": self.accumulator.series,
+                    "age_seconds": round(self._clock() - checkpoint.written_at, 3),
+                },
+            )
+        if isinstance(self._flows, Journaled):
+            self._flows.recover(position)
+
+    def _checkpoint(self, now: float) -> None:
+        """Save the counters with the journal position they include, then acknowledge it."""
+        if self._state is None:
+            return
+        journaled = self._flows if isinstance(self._flows, Journaled) else None
+        position = journaled.position if journaled is not None else 0
+        checkpoint = Checkpoint(
+            node=self.config.node,
+            position=position,
+            written_at=now,
+            telemetry=self.accumulator.state(),
+        )
+        try:
+            self._state.save(checkpoint)
+        except OSError:
+            log.exception("writing the checkpoint failed; the journal keeps the drained data")
+            return
+        if journaled is not None:
+            journaled.acknowledge(position)
 
     def _refresh_inventory(self) -> None:
         try:

@@ -10,7 +10,7 @@ drain and report exhaustion through `finished`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from netwatch.core.flow import Connection
 
@@ -27,4 +27,29 @@ class FlowSource(Protocol):
 
     def close(self) -> None:
         """Detach from the kernel / close files; idempotent."""
+        ...
+
+
+@runtime_checkable
+class Journaled(Protocol):
+    """A source whose drained data survives a crash until its owner acknowledges it.
+
+    The owner's protocol (the agent, `netwatch.agent.state`): after each `drain()`, count
+    the records, checkpoint the counters together with `position`, then
+    `acknowledge(position)`; after a restart, restore the checkpoint and `recover()` its
+    position before the first drain, which then also returns what the crashed process had
+    taken from the kernel but not yet counted.
+    """
+
+    @property
+    def position(self) -> int:
+        """Identifies what the last `drain()` returned (monotonic; 0 before any)."""
+        ...
+
+    def recover(self, position: int) -> int:
+        """Queue everything after `position` for the next drain; returns the entry count."""
+        ...
+
+    def acknowledge(self, position: int) -> None:
+        """Everything up to `position` is durably counted; it may be forgotten."""
         ...

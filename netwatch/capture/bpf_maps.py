@@ -56,6 +56,10 @@ _PROTOCOLS = {
 _UNSUPPORTED = {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, 524}  # 524: ENOTSUPP
 
 
+Record = Callable[[bytes, bytes, int], None]
+"""`(keys, values, n)`: n packed keys and n packed values, as one syscall returned them."""
+
+
 class CaptureSetupError(RuntimeError):
     """The eBPF backend cannot start here (no BPF, no headers, incompatible pinned maps)."""
 
@@ -88,10 +92,12 @@ class MapDrainer:
         self._values = ctypes.create_string_buffer(VALUE.size * self._chunk)
         self.method = method
 
-    def drain(self) -> list[tuple[bytes, bytes]]:
+    def drain(self, record: Record | None = None) -> list[tuple[bytes, bytes]]:
+        """Take every entry out of the map. `record(keys, values, n)` sees each batch the
+        moment the kernel returned it (the write-ahead journal), before it is decoded."""
         if self.method in (DrainMethod.AUTO, DrainMethod.BATCH):
             try:
-                out = self._batch()
+                out = self._batch(record)
                 self.method = DrainMethod.BATCH
                 return out
             except _Unsupported:
@@ -101,13 +107,13 @@ class MapDrainer:
                 self.method = DrainMethod.PER_KEY
         if self.method is DrainMethod.PER_KEY:
             try:
-                return self._per_key(atomic=True)
+                return self._per_key(atomic=True, record=record)
             except _Unsupported:
                 _log.info("per-key lookup-and-delete unsupported; falling back to lookup+delete")
                 self.method = DrainMethod.LOOKUP_DELETE
-        return self._per_key(atomic=False)
+        return self._per_key(atomic=False, record=record)
 
-    def _batch(self) -> list[tuple[bytes, bytes]]:
+    def _batch(self, record: Record | None) -> list[tuple[bytes, bytes]]:
         out: list[tuple[bytes, bytes]] = []
         token_in, token_out = ctypes.c_uint32(0), ctypes.c_uint32(0)
         first = True
@@ -124,6 +130,8 @@ class MapDrainer:
             err = ctypes.get_errno() if rc != 0 else 0
             n = count.value if rc == 0 or err == errno.ENOENT else 0
             keys, values = self._keys.raw, self._values.raw
+            if record is not None and n:
+                record(keys, values, n)
             for i in range(n):
                 out.append(
                     (
@@ -140,7 +148,7 @@ class MapDrainer:
             token_in.value = token_out.value
             first = False
 
-    def _per_key(self, *, atomic: bool) -> list[tuple[bytes, bytes]]:
+    def _per_key(self, *, atomic: bool, record: Record | None) -> list[tuple[bytes, bytes]]:
         keys: list[bytes] = []
         prev: ctypes.Array[ctypes.c_char] | None = None
         nxt = ctypes.create_string_buffer(KEY.size)
@@ -162,6 +170,8 @@ class MapDrainer:
                 if self._lib.bpf_lookup_elem(self._fd, key, value) != 0:
                     continue
                 self._lib.bpf_delete_elem(self._fd, key)
+            if record is not None:
+                record(raw, value.raw, 1)
             out.append((raw, value.raw))
         return out
 

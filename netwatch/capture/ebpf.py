@@ -52,6 +52,7 @@ from netwatch.capture.bpf_maps import (
     decode,
 )
 from netwatch.capture.conntrack import ConntrackReader
+from netwatch.capture.journal import Journal, JournalError
 from netwatch.capture.kernel_src import ensure_kernel_source
 from netwatch.capture.listeners import NetnsDirectory, SocketTable
 from netwatch.capture.netlink_watch import LinkWatcher
@@ -80,6 +81,8 @@ class EbpfOptions:
     drain_method: DrainMethod = DrainMethod.AUTO
     conntrack: bool = True
     proc: Path = Path("/proc")
+    journal_dir: Path | None = None
+    """Write-ahead journal of drained entries (`journal`); the agent's `--state-dir`."""
 
     def resolved_pin_dir(self) -> Path:
         return self.pin_dir if self.pin_dir is not None else bpffs.default_pin_dir()
@@ -153,6 +156,8 @@ class EbpfSource:
         self._watch_attacher: TcAttacher | None = None
         self._map_lock = threading.Lock()
         self._pending: list[tuple[bytes, bytes]] = []
+        self._journal: Journal | None = None
+        self._position = 0
         self._empty_stop = threading.Event()
         self._emptier = threading.Thread(
             target=self._empty_loop, name="netwatch-drain", daemon=True
@@ -185,6 +190,8 @@ class EbpfSource:
                         attacher.detach(link.index)
         if not self.options.persist and getattr(self, "_bpf", None) is not None:
             bpffs.remove_pins(self._pin_dir)
+        if self._journal is not None:
+            self._journal.close()
         for closable in (attacher, ipr):
             if closable is not None:
                 with contextlib.suppress(Exception):
@@ -218,6 +225,13 @@ class EbpfSource:
         self._drainer = MapDrainer(
             flows.get_fd(), max_entries=self.options.map_size, method=self.options.drain_method
         )
+        if self.options.journal_dir is not None:
+            try:
+                self._journal = Journal(
+                    self.options.journal_dir, key_size=KEY.size, value_size=VALUE.size
+                )
+            except JournalError as exc:
+                raise CaptureSetupError(str(exc)) from exc
         self._start_ns = time.monotonic_ns()
         self._directory = NetnsDirectory(nsid_of=self._nsid_of, proc=self.options.proc)
         conntrack = None
@@ -343,7 +357,7 @@ class EbpfSource:
     def _empty_map(self) -> int:
         with self._map_lock:
             kernel_before = self._read_stats()
-            raw = self._drainer.drain()
+            raw = self._drainer.drain(self._journal.append if self._journal else None)
             packets = nbytes = 0
             for _key, value in raw:
                 p_from, p_to, b_from, b_to = VALUE.unpack(value)[:4]
@@ -367,6 +381,8 @@ class EbpfSource:
         self._empty_map()
         with self._map_lock:
             raw, self._pending = self._pending, []
+            if self._journal is not None:
+                self._position = self._journal.rotate()
         self._directory.new_generation()
         offset = time.time_ns() - time.monotonic_ns()
         with self._lock_guard:
@@ -383,6 +399,29 @@ class EbpfSource:
         s.last_drain_seconds = took
         s.max_drain_seconds = max(s.max_drain_seconds, took)
         return conns
+
+    # -- the journal (`netwatch.capture.journal`; the agent's checkpoint protocol) -------
+    @property
+    def position(self) -> int:
+        """The journal segment holding exactly what the last `drain()` returned (0: none)."""
+        return self._position
+
+    def recover(self, position: int) -> int:
+        """Hand the journal's entries after `position` to the next `drain()`; returns how
+        many. Call once, after restoring the checkpoint that includes `position`."""
+        if self._journal is None:
+            return 0
+        with self._map_lock:
+            recovered = self._journal.recover(position)
+            self._pending[:0] = recovered
+        if recovered:
+            _log.info("recovered %d drained entries from the journal", len(recovered))
+        return len(recovered)
+
+    def acknowledge(self, position: int) -> None:
+        """Everything up to `position` is counted and checkpointed: drop it from the journal."""
+        if self._journal is not None:
+            self._journal.acknowledge(position)
 
     def _read_stats(self) -> dict[str, int]:
         table = self._bpf["stats"]
@@ -451,6 +490,8 @@ class EbpfSource:
         self._attacher.close()
         self._ipr.close()
         self._bpf.cleanup()
+        if self._journal is not None:
+            self._journal.close()
         if not self.options.persist:
             bpffs.remove_pins(self._pin_dir)
         self._scope_lock.release()

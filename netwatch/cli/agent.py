@@ -25,6 +25,7 @@ import click
 from netwatch.agent import DEFAULT_DRAIN_INTERVAL, DEFAULT_MAX_STALE, Agent, AgentConfig
 from netwatch.agent.inventory import BufferedSink, InventoryFeed, LiveFeed, SnapshotFeed
 from netwatch.agent.logs import setup_logging
+from netwatch.agent.state import StateDir, StateDirError
 from netwatch.capture.attach import AttachError, enter_netns
 from netwatch.capture.base import FlowSource
 from netwatch.capture.flowlog import FlowLogError
@@ -47,10 +48,15 @@ def _open_flows(
     pod_cidrs: tuple[str, ...],
     cluster_paths: tuple[str, ...],
     persist: bool,
+    journal_dir: Path | None,
 ) -> tuple[FlowSource, str]:
     if backend == "replay":
         if not flows_path:
             raise BadInput("--backend replay needs --flows FILE")
+        if journal_dir is not None:
+            raise BadInput(
+                "--state-dir does not go with --backend replay (a restart replays the file)"
+            )
         try:
             return ReplaySource.from_file(flows_path), "replay"
         except FlowLogError as exc:
@@ -68,9 +74,19 @@ def _open_flows(
         conntrack=True,
         is_cluster_pod=cluster_pod_predicate(pod_cidrs, cluster_paths),
     )
+    options = replace(options, journal_dir=journal_dir)
     if backend == "sniff":
         return _open_live("sniff", options, interfaces=interfaces, node=node)
     return _open_live(backend, options, interfaces=interfaces, node=node)
+
+
+def _state_dir(path: Path | None) -> StateDir | None:
+    if path is None:
+        return None
+    try:
+        return StateDir(path)
+    except StateDirError as exc:
+        raise BadInput(str(exc)) from exc
 
 
 def _server_config(
@@ -160,6 +176,13 @@ def _server_config(
 @click.option("--netns", default=None, help="Capture in this network namespace (a lab node).")
 @click.option("--persist", is_flag=True, help="eBPF: keep programs and maps across restarts.")
 @click.option(
+    "--state-dir",
+    envvar="NETWATCH_STATE_DIR",
+    default=None,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep counters (checkpoint) and drained data (journal) here across restarts.",
+)
+@click.option(
     "--log-level",
     envvar="NETWATCH_LOG_LEVEL",
     type=click.Choice(["debug", "info", "warning", "error"]),
@@ -185,6 +208,7 @@ def agent(
     ipblock_pod_ips: str,
     netns: str | None,
     persist: bool,
+    state_dir: Path | None,
     log_level: str,
 ) -> None:
     """Capture, attribute and evaluate this node's connections; serve metrics and API."""
@@ -217,6 +241,7 @@ def agent(
         signal.SIGTERM,
     ):  # before the compile: a SIGTERM then still ends cleanly
         signal.signal(sig, lambda *_: stop.set())
+    state = _state_dir(state_dir)
     flows, chosen = _open_flows(
         backend,
         flows_path=flows_path,
@@ -225,6 +250,7 @@ def agent(
         pod_cidrs=pod_cidrs,
         cluster_paths=cluster_paths,
         persist=persist,
+        journal_dir=state.journal_dir if state is not None else None,
     )
     sink = BufferedSink()
     feed: InventoryFeed = (
@@ -238,6 +264,7 @@ def agent(
         inventory=feed,
         sink=sink,
         server=server,
+        state=state,
     )
     try:
         the_agent.start()

@@ -61,6 +61,10 @@ class RuleHits:
                 hit.first = min(hit.first, first_seen)
                 hit.last = max(hit.last, last_seen)
 
+    def put(self, ref: RuleRef, hit: RuleHit) -> None:
+        """Set one rule's accounting outright (a restored checkpoint, a filtered copy)."""
+        self._hits[ref] = RuleHit(hit.count, hit.first, hit.last)
+
     def get(self, ref: RuleRef) -> RuleHit | None:
         return self._hits.get(ref)
 

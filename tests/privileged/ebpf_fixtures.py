@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -413,6 +414,44 @@ class PhaseClient:
             err = self.proc.stderr.read() if self.proc.stderr else ""
             raise AssertionError(f"client {words}: {line} {err}")
         return line[1:]
+
+
+class BusyTraffic:
+    """A client kept busy until `stop()`: one long TCP connection and one connected UDP
+    flow carrying varied sizes, plus a new short TCP connection per round — traffic that
+    is in flight whenever a capture or agent is stopped, killed or restarted."""
+
+    def __init__(self, cli: PhaseClient, server_ip: str, port: int, *, pause: float = 0.0):
+        self._cli, self._ip, self._port, self._pause = cli, server_ip, port, pause
+        self._stop = threading.Event()
+        self._errors: list[BaseException] = []
+        self._thread = threading.Thread(target=self._run, name="busy-traffic")
+        self._thread.start()
+
+    def _run(self) -> None:
+        cli = self._cli
+        try:
+            cli("tcp_open", "long", self._ip, self._port)
+            cli("udp_open", "u", self._ip, self._port, 1)
+            i = 0
+            while not self._stop.is_set():
+                cli("tcp_send", "long", 300 + i % 700)
+                cli("udp_send", "u", 40 + i % 100)
+                cli("tcp_open", f"s{i}", self._ip, self._port)
+                cli("tcp_send", f"s{i}", 64)
+                cli("tcp_close", f"s{i}")
+                i += 1
+                self._stop.wait(self._pause)
+            cli("tcp_close", "long")
+        except BaseException as exc:
+            self._errors.append(exc)
+
+    def stop(self) -> None:
+        """End the rounds, close the long connection; raise what went wrong meanwhile."""
+        self._stop.set()
+        self._thread.join(timeout=60)
+        assert not self._thread.is_alive(), "the traffic client hangs"
+        assert not self._errors, self._errors
 
 
 @contextlib.contextmanager

@@ -12,7 +12,6 @@ a pod appearing and vanishing mid-capture.
 from __future__ import annotations
 
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from netwatch.lab.lab import LabHandle
 from netwatch.lab.manifest import ExpectedConnection
 from tests.privileged.ebpf_fixtures import (
     REPO,
+    BusyTraffic,
     Capture,
     Tcpdump,
     assert_clean,
@@ -189,8 +189,6 @@ def test_a_capture_restart_mid_traffic_neither_loses_nor_double_counts(
 ) -> None:
     node = one_node.nodes["node-1"]
     client_pod, server_pod = one_node.pod("demo/client"), one_node.pod("demo/web[0]")
-    stop = threading.Event()
-    errors: list[BaseException] = []
     with peers() as p:
         p.server(server_pod.netns, "0.0.0.0:9091")
         cli = p.client(client_pod.netns)
@@ -200,25 +198,7 @@ def test_a_capture_restart_mid_traffic_neither_loses_nor_double_counts(
         ]
         first = Capture(node.netns, tmp_path=tmp_path, name="first", args=["--persist"]).start()
 
-        def traffic() -> None:
-            try:
-                cli("tcp_open", "long", server_pod.ip, 9091)
-                cli("udp_open", "u", server_pod.ip, 9091, 1)
-                i = 0
-                while not stop.is_set():
-                    cli("tcp_send", "long", 500 + i)
-                    cli("udp_send", "u", 40)
-                    cli("tcp_open", f"s{i}", server_pod.ip, 9091)
-                    cli("tcp_send", f"s{i}", 64)
-                    cli("tcp_close", f"s{i}")
-                    i += 1
-                    stop.wait(0.02)
-                cli("tcp_close", "long")
-            except BaseException as exc:
-                errors.append(exc)
-
-        worker = threading.Thread(target=traffic)
-        worker.start()
+        traffic = BusyTraffic(cli, server_pod.ip, 9091, pause=0.02)
         try:
             time.sleep(2.0)
             a = first.stop()  # SIGTERM: final drain written; programs and maps stay
@@ -227,12 +207,12 @@ def test_a_capture_restart_mid_traffic_neither_loses_nor_double_counts(
             second = Capture(node.netns, tmp_path=tmp_path, name="second").start()
             time.sleep(2.0)
         finally:
-            stop.set()
-            worker.join(timeout=60)
-            time.sleep(1.0)
-            pcaps = [d.stop() for d in dumps]
+            try:
+                traffic.stop()
+            finally:
+                time.sleep(1.0)
+                pcaps = [d.stop() for d in dumps]
         b = second.stop()
-    assert not errors, errors
     assert a.returncode == 0 and b.returncode == 0, (a.stderr, b.stderr)
     assert a.records and b.records
     # the server pod's veth reports pod-to-pod connections: compare with its tcpdump

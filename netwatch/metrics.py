@@ -4,7 +4,11 @@
 latest published `TelemetrySnapshot` once — an immutable value — and yields fresh metric
 families from it, so a scrape never touches the agent's mutable state and every family
 of one scrape comes from the same snapshot (STYLE 7). Nothing registers at import: the
-agent builds its registry with `build_registry` and hands it to the HTTP server.
+agent builds its registry with `build_registry` and hands it to the HTTP server, which
+renders it once per published snapshot and serves those bytes until the next one
+(`netwatch.server`). Every family here is therefore a function of the snapshot alone —
+even `netwatch_inventory_stale_seconds` is measured at the drain — and there is no
+process collector; a series that must change per scrape would need its own rendering.
 
 Metrics (names fixed by DESIGN §8; *detail* and *health* series are named here):
 

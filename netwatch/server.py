@@ -7,6 +7,14 @@ even while the next drain is being published, and nothing here reads the agent's
 mutable state. `/metrics` renders the registry the agent built (`metrics.build_registry`
 over the same box); this module never imports prometheus collectors of its own.
 
+Documents are rendered once per published snapshot: the first request for a document
+(`/metrics` once per negotiated content type) renders it while later requests for the
+same snapshot wait for and share those bytes, and the next `publish` drops them all.
+The box numbers its snapshots, and the cache is keyed on that generation, never on
+time. So every collector in the `/metrics` registry must be a function of the published
+snapshot alone (all of `netwatch.metrics` is); a series that changes per scrape would
+be frozen until the next drain.
+
 | path | what | auth |
 | --- | --- | --- |
 | `/metrics` | Prometheus text (OpenMetrics when asked via Accept) | yes |
@@ -80,22 +88,31 @@ class Published:
 class SnapshotBox:
     """The single mutable cell between the agent and the readers.
 
-    `publish` stores one reference, which is atomic in CPython; readers call `current()`
-    once per request and use only what it returned.
+    `publish` stores one (generation, value) pair, a single reference and so atomic in
+    CPython; readers call `current()` (or `state()`) once per request and use only
+    what it returned. The generation counts publications: it tells a renderer that
+    reads the box itself (the `/metrics` registry) whether a publish happened meanwhile,
+    even if the same value was published again.
     """
 
     def __init__(self, initial: Published) -> None:
-        self._current = initial
+        self._state = (0, initial)
+        self._publishing = threading.Lock()  # increments are not atomic across writers
 
     def publish(self, published: Published) -> None:
-        self._current = published
+        with self._publishing:
+            self._state = (self._state[0] + 1, published)
 
     def current(self) -> Published:
-        return self._current
+        return self._state[1]
+
+    def state(self) -> tuple[int, Published]:
+        """The current value with its publication number (0: the initial value)."""
+        return self._state
 
     def telemetry(self) -> TelemetrySnapshot:
         """A `metrics.SnapshotSource`."""
-        return self._current.telemetry
+        return self._state[1].telemetry
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +174,8 @@ class NetwatchServer:
         self._inflight = 0
         self._open: set[socket.socket] = set()
         self._stopping = False
-        self._cache: dict[str, tuple[Published, bytes]] = {}
+        self._cache_lock = threading.Lock()  # held only to find a document's cell
+        self._cache: _Renderings | None = None
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -264,18 +282,47 @@ class NetwatchServer:
             return False
         return hmac.compare_digest(given.strip().encode(), token.encode())
 
-    def _cached(self, name: str, published: Published, render: Callable[[], bytes]) -> bytes:
-        """One rendering per published snapshot and document (races only render twice)."""
-        hit = self._cache.get(name)
-        if hit is not None and hit[0] is published:
-            return hit[1]
-        body = render()
-        self._cache[name] = (published, body)
-        return body
+    def _cached(
+        self,
+        name: str,
+        state: tuple[int, Published],
+        render: Callable[[], bytes],
+        *,
+        reads_box: bool = False,
+    ) -> bytes:
+        """`render()` once per published snapshot and document; concurrent requests wait.
+
+        `state` is the box's `state()` the request read. A request for an older
+        snapshot than the cached one renders for itself and keeps nothing. With
+        `reads_box`, `render` reads the box itself rather than `state`, so its bytes are
+        kept only if nothing was published meanwhile (they are returned either way).
+        """
+        generation = state[0]
+        with self._cache_lock:
+            cache = self._cache
+            if cache is None or cache.generation < generation:
+                cache = self._cache = _Renderings(generation)  # drops the previous snapshot's
+            cell = cache.cell(name) if cache.generation == generation else None
+        if cell is None:  # stale, or one Accept variant too many
+            return render()
+        with cell.lock:  # a render of another snapshot or document uses another lock
+            if cell.body is None:
+                body = render()
+                if reads_box and self._box.state()[0] != generation:
+                    return body
+                cell.body = body
+            return cell.body
 
     def _metrics(self, handler: _Handler, _query: dict[str, str]) -> tuple[int, str, bytes]:
         encoder, content_type = choose_encoder(handler.headers.get("Accept", ""))
-        return 200, content_type, encoder(self._registry)
+        # The content type names the encoder entirely (format, version, escaping).
+        body = self._cached(
+            f"metrics {content_type}",
+            self._box.state(),
+            lambda: encoder(self._registry),
+            reads_box=True,
+        )
+        return 200, content_type, body
 
     def _healthz(self, _handler: _Handler, _query: dict[str, str]) -> tuple[int, str, bytes]:
         if self._liveness is not None and not _holds(self._liveness):
@@ -296,18 +343,18 @@ class NetwatchServer:
         unknown = sorted(set(query) - set(FLOW_LABELS))
         if unknown:
             raise _BadRequest(f"unknown filter(s) {', '.join(unknown)}; filter on {FLOW_LABELS}")
-        published = self._box.current()
+        state = self._box.state()
+        published = state[1]
         if query:
             return 200, JSON_TYPE, to_json(flows_document(published.telemetry, query))
-        body = self._cached(
-            "flows", published, lambda: to_json(flows_document(published.telemetry))
-        )
+        body = self._cached("flows", state, lambda: to_json(flows_document(published.telemetry)))
         return 200, JSON_TYPE, body
 
     def _findings(self, _handler: _Handler, _query: dict[str, str]) -> tuple[int, str, bytes]:
-        published = self._box.current()
+        state = self._box.state()
+        published = state[1]
         body = self._cached(
-            "findings", published, lambda: to_json(findings_document(published.telemetry))
+            "findings", state, lambda: to_json(findings_document(published.telemetry))
         )
         return 200, JSON_TYPE, body
 
@@ -319,11 +366,10 @@ class NetwatchServer:
         shape = query.get("format", "rows")
         if shape not in ("rows", "frames") or set(query) - {"format"}:
             raise _BadRequest("graph takes only format=rows|frames")
-        published = self._box.current()
+        state = self._box.state()
+        published = state[1]
         document = graph_frames if shape == "frames" else graph_document
-        body = self._cached(
-            f"graph-{shape}", published, lambda: to_json(document(published.telemetry))
-        )
+        body = self._cached(f"graph-{shape}", state, lambda: to_json(document(published.telemetry)))
         return 200, JSON_TYPE, body
 
 
@@ -341,6 +387,35 @@ _ROUTES: dict[str, _Route] = {
 
 class _BadRequest(ValueError):
     pass
+
+
+class _Cell:
+    """One document of one snapshot: rendered by the first request, under `lock`."""
+
+    __slots__ = ("body", "lock")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.body: bytes | None = None
+
+
+class _Renderings:
+    """The documents rendered from the snapshot of one generation (the only one kept)."""
+
+    MAX_DOCUMENTS = 8
+    """The four JSON documents and a few `/metrics` content types; further Accept
+    variants are rendered per request, so odd headers cannot grow the cache."""
+
+    def __init__(self, generation: int) -> None:
+        self.generation = generation
+        self._cells: dict[str, _Cell] = {}
+
+    def cell(self, name: str) -> _Cell | None:
+        """Call under the server's cache lock."""
+        cell = self._cells.get(name)
+        if cell is None and len(self._cells) < self.MAX_DOCUMENTS:
+            cell = self._cells[name] = _Cell()
+        return cell
 
 
 def _holds(check: Check) -> bool:

@@ -12,7 +12,7 @@ import logging
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,92 +20,21 @@ import yaml
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from netwatch.agent import Agent, AgentConfig
-from netwatch.agent.inventory import BufferedSink, SnapshotFeed
+from netwatch.agent import Agent
 from netwatch.agent.logs import JsonFormatter
-from netwatch.capture.replay import ReplaySource
 from netwatch.cli.main import cli
-from netwatch.core.flow import Connection, Orientation
-from netwatch.core.model import Protocol
-from netwatch.server import ServerConfig
-
-T0 = 1_764_250_000.0
-WEB, API, DB, EXTERNAL = "10.42.0.10", "10.42.0.20", "10.42.0.30", "203.0.113.9"
-
-CLUSTER = """\
-apiVersion: v1
-kind: List
-items:
-- {apiVersion: v1, kind: Namespace, metadata: {name: shop}}
-- apiVersion: v1
-  kind: Node
-  metadata: {name: node-a}
-  spec: {podCIDR: 10.42.0.0/24}
-  status: {addresses: [{type: InternalIP, address: 10.0.0.1}]}
-"""
-POD = """\
-- apiVersion: v1
-  kind: Pod
-  metadata:
-    name: {name}-0
-    namespace: shop
-    uid: uid-{name}
-    creationTimestamp: "2025-11-27T08:00:00Z"
-    labels: {{app: {name}}}
-    ownerReferences: [{{apiVersion: apps/v1, kind: StatefulSet, name: {name}, controller: true}}]
-  spec:
-    nodeName: node-a
-    containers: [{{name: c, image: i, ports: [{{name: http, containerPort: {port}}}]}}]
-  status: {{phase: Running, podIP: {ip}}}
-"""
-POLICY = """\
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: api-from-web, namespace: shop}
-spec:
-  podSelector: {matchLabels: {app: api}}
-  ingress:
-  - from: [{podSelector: {matchLabels: {app: web}}}]
-    ports: [{port: 8080}]
-"""
-
-
-def write_cluster(path: Path, *, policy: str = POLICY) -> None:
-    pods = "".join(
-        POD.format(name=name, ip=ip, port=port)
-        for name, ip, port in (("web", WEB, 80), ("api", API, 8080), ("db", DB, 5432))
-    )
-    path.write_text(CLUSTER + pods + policy)
-
-
-def conn(client: str, server: str, port: int, *, at: float, cport: int = 40000) -> Connection:
-    return Connection(
-        client_ip=client,
-        client_port=cport,
-        server_ip=server,
-        server_port=port,
-        protocol=Protocol.TCP,
-        first_seen=at,
-        last_seen=at + 0.5,
-        packets_out=3,
-        bytes_out=200,
-        packets_in=2,
-        bytes_in=120,
-        orientation=Orientation.SYN,
-        node="node-a",
-    )
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from netwatch.core.flow import Connection
+from tests.unit.agent_fixtures import (
+    API,
+    DB,
+    EXTERNAL,
+    T0,
+    WEB,
+    Clock,
+    conn,
+    make_agent,
+    write_cluster,
+)
 
 
 def get(agent: Agent, path: str) -> tuple[int, str]:
@@ -141,23 +70,6 @@ def flow_labels(src: str, dst: str, port: int, verdict: str) -> tuple[tuple[str,
             }.items()
         )
     )
-
-
-def make_agent(
-    tmp_path: Path, batches: Sequence[Sequence[Connection]], clock: Clock, **config: float
-) -> tuple[Agent, Path]:
-    cluster = tmp_path / "cluster.yaml"
-    write_cluster(cluster)
-    sink = BufferedSink()
-    agent = Agent(
-        config=AgentConfig(node="node-a", **config),  # type: ignore[arg-type]
-        flows=ReplaySource.from_batches(batches),
-        inventory=SnapshotFeed([str(cluster)], sink, clock=clock),
-        sink=sink,
-        server=ServerConfig(port=0),
-        clock=clock,
-    )
-    return agent, cluster
 
 
 @pytest.fixture

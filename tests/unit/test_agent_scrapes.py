@@ -26,57 +26,16 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from netwatch.agent import Agent, AgentConfig
-from netwatch.agent.inventory import BufferedSink, SnapshotFeed
-from netwatch.capture.replay import ReplaySource
-from netwatch.core.flow import Connection, Orientation
-from netwatch.core.model import Protocol
-from netwatch.server import ServerConfig
+from netwatch.core.flow import Connection
+from tests.unit.agent_fixtures import CLUSTER, INGRESS, POD, Clock, conn, make_agent
 
-T0 = 1_764_250_000.0
 WORKLOADS = 20
 PER_DRAIN = 250
 CLIENTS = 50
 SECONDS = 4.0
 P99_BOUND = 2.0
 
-HEAD = """\
-apiVersion: v1
-kind: List
-items:
-- {apiVersion: v1, kind: Namespace, metadata: {name: shop}}
-- apiVersion: v1
-  kind: Node
-  metadata: {name: node-a}
-  spec: {podCIDR: 10.42.0.0/24}
-  status: {addresses: [{type: InternalIP, address: 10.0.0.1}]}
-"""
-POD = """\
-- apiVersion: v1
-  kind: Pod
-  metadata:
-    name: w{i}-0
-    namespace: shop
-    uid: uid-w{i}
-    creationTimestamp: "2025-11-27T08:00:00Z"
-    labels: {{app: w{i}}}
-    ownerReferences: [{{apiVersion: apps/v1, kind: StatefulSet, name: w{i}, controller: true}}]
-  spec:
-    nodeName: node-a
-    containers: [{{name: c, image: i, ports: [{{name: http, containerPort: 8080}}]}}]
-  status: {{phase: Running, podIP: 10.42.0.{ip}}}
-"""
-POLICY = """\
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: w0-from-w1, namespace: shop}
-spec:
-  podSelector: {matchLabels: {app: w0}}
-  ingress:
-  - from: [{podSelector: {matchLabels: {app: w1}}}]
-    ports: [{port: 8080}]
-"""
+POLICY = INGRESS.format(target="w0", source="w1")
 
 
 def ip(i: int) -> str:
@@ -93,32 +52,8 @@ def drains(clock: Clock) -> Iterator[Sequence[Connection]]:
         for _ in range(PER_DRAIN):
             a, b = rng.sample(range(WORKLOADS), 2)
             port += 1
-            batch.append(
-                Connection(
-                    client_ip=ip(a),
-                    client_port=port,
-                    server_ip=ip(b),
-                    server_port=8080,
-                    protocol=Protocol.TCP,
-                    first_seen=clock.now - 0.5,
-                    last_seen=clock.now - 0.1,
-                    packets_out=3,
-                    bytes_out=200,
-                    packets_in=2,
-                    bytes_in=120,
-                    orientation=Orientation.SYN,
-                    node="node-a",
-                )
-            )
+            batch.append(conn(ip(a), ip(b), 8080, at=clock.now - 0.6, cport=port))
         yield batch
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def totals(body: str) -> dict[str, float]:
@@ -137,20 +72,9 @@ def totals(body: str) -> dict[str, float]:
 
 
 def test_fifty_concurrent_scrapes_while_publishing(tmp_path: Path) -> None:
-    cluster = tmp_path / "cluster.yaml"
-    cluster.write_text(
-        HEAD + "".join(POD.format(i=i, ip=10 + i) for i in range(WORKLOADS)) + POLICY
-    )
+    pods = "".join(POD.format(name=f"w{i}", ip=ip(i), port=8080) for i in range(WORKLOADS))
     clock = Clock()
-    sink = BufferedSink()
-    agent = Agent(
-        config=AgentConfig(node="node-a"),
-        flows=ReplaySource.from_batches(drains(clock)),
-        inventory=SnapshotFeed([str(cluster)], sink, clock=clock),
-        sink=sink,
-        server=ServerConfig(port=0),
-        clock=clock,
-    )
+    agent, _ = make_agent(tmp_path, drains(clock), clock, cluster_yaml=CLUSTER + pods + POLICY)
     agent.start()
     stop = threading.Event()
     problems: list[str] = []

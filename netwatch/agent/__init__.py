@@ -10,7 +10,10 @@ One `Agent` per node (DESIGN §1). Every `drain_interval` seconds, on one thread
    and folds it into the accumulator;
 3. expires deleted workloads' series and old identity history, then publishes a
    fresh immutable `Published` snapshot into the server's `SnapshotBox` — with the
-   suggested policies, re-computed every `suggest_interval` (`agent.suggestions`).
+   suggested policies, re-computed every `suggest_interval` (`agent.suggestions`);
+4. with a state directory, checkpoints the counters with the capture journal position
+   they include and acknowledges the journal (`agent.state`: restarts, `kill -9`
+   included, continue the counters exactly; `start()` restores and replays first).
 
 Scrapes and API requests read only that snapshot (STYLE 7). Readiness is decided at
 each step too — `capture` (the source is open and its last drain worked) and

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from netwatch.capture import bpffs, kernel_src
 from netwatch.k8s.resources import ALL_RESOURCES
 from netwatch.server import DEFAULT_PORT
 
@@ -220,11 +222,34 @@ def test_the_agent_mounts_bpffs_tracefs_headers_and_its_lock_directory() -> None
         "/usr/src": "/usr/src",
         "/lib/modules": "/lib/modules",
         "/run/netwatch": "/run/netwatch",
+        "/var/lib/netwatch": "/var/lib/netwatch",
     }
     for read_only in ("/usr/src", "/lib/modules", "/sys/kernel/tracing"):
         assert mounts[read_only]["readOnly"] is True
     assert mounts["/sys/fs/bpf"]["mountPropagation"] == "HostToContainer"
     assert {"/var/cache/netwatch", "/tmp"} <= set(mounts)  # writable with a read-only root
+
+
+def test_every_path_the_agent_writes_is_a_writable_volume() -> None:
+    """The root filesystem is read-only: each directory the code writes must be mounted
+    (read-write) — the header cache, the capture's scope lock, the pinned maps, the state
+    directory (checkpoint + journal) and temporary files."""
+    assert agent()["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = {m["mountPath"]: m for m in agent()["volumeMounts"]}
+    (state_arg,) = [a for a in agent()["args"] if a.startswith("--state-dir=")]
+    written = {
+        str(kernel_src.DEFAULT_CACHE): "bcc's merged kernel header tree",
+        str(bpffs.LOCK_DIR): "the one-capture-per-node lock",
+        str(bpffs.BPFFS): "pinned maps",
+        state_arg.split("=", 1)[1]: "checkpoint and journal",
+        tempfile.gettempdir(): "temporary files",
+    }
+    for path, what in written.items():
+        mount = next(
+            (m for mp, m in mounts.items() if path == mp or path.startswith(mp + "/")), None
+        )
+        assert mount is not None, f"{path} ({what}) is not a volume"
+        assert not mount.get("readOnly", False), f"{path} ({what}) is mounted read-only"
 
 
 def test_the_node_name_comes_from_the_downward_api() -> None:

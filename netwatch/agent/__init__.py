@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 
 from netwatch import __version__
 from netwatch.agent.inventory import BufferedSink, InventoryFeed
+from netwatch.agent.pods import ClusterPods
 from netwatch.agent.state import StateDir
 from netwatch.agent.suggestions import DEFAULT_INTERVAL as DEFAULT_SUGGEST_INTERVAL
 from netwatch.agent.suggestions import Suggester
@@ -104,13 +105,16 @@ class Agent:
         sink: BufferedSink,
         server: ServerConfig,
         state: StateDir | None = None,
+        pods: ClusterPods | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """`sink` is the one `inventory` delivers into; `state` (optional) keeps the
-        counters across restarts (`agent.state`); `clock` gives epoch seconds."""
+        counters across restarts (`agent.state`); `pods` is the capture's counted-once
+        predicate, kept current here (`agent.pods`); `clock` gives epoch seconds."""
         self.config = config
         self._flows = flows
         self._state = state
+        self.pods = pods if pods is not None else ClusterPods(config.pod_cidrs)
         self._feed = inventory
         self._sink = sink
         self._clock = clock
@@ -285,6 +289,7 @@ class Agent:
             cluster=cluster,
             pod_cidrs=self.config.pod_cidrs,
         )
+        self.pods.update(cluster)
         self.accumulator.observe_inventory(
             live=live_peers(cluster), policies=cluster.policies, at=self._clock()
         )

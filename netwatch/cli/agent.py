@@ -25,12 +25,13 @@ import click
 from netwatch.agent import DEFAULT_DRAIN_INTERVAL, DEFAULT_MAX_STALE, Agent, AgentConfig
 from netwatch.agent.inventory import BufferedSink, InventoryFeed, LiveFeed, SnapshotFeed
 from netwatch.agent.logs import setup_logging
+from netwatch.agent.pods import ClusterPods
 from netwatch.agent.state import StateDir, StateDirError
 from netwatch.capture.attach import AttachError, enter_netns
 from netwatch.capture.base import FlowSource
 from netwatch.capture.flowlog import FlowLogError
 from netwatch.capture.replay import ReplaySource
-from netwatch.cli.capture import _ebpf_options, _open_live, cluster_pod_predicate
+from netwatch.cli.capture import _ebpf_options, _open_live
 from netwatch.cli.common import BadInput, ipblock_option
 from netwatch.cli.inventory import parse_named_cidrs
 from netwatch.core.engine import IPBlockPodIPs
@@ -45,8 +46,7 @@ def _open_flows(
     flows_path: str | None,
     interfaces: tuple[str, ...],
     node: str,
-    pod_cidrs: tuple[str, ...],
-    cluster_paths: tuple[str, ...],
+    pods: ClusterPods,
     persist: bool,
     journal_dir: Path | None,
 ) -> tuple[FlowSource, str]:
@@ -72,7 +72,7 @@ def _open_flows(
         node=node,
         drain_method="auto",
         conntrack=True,
-        is_cluster_pod=cluster_pod_predicate(pod_cidrs, cluster_paths),
+        is_cluster_pod=pods,
     )
     options = replace(options, journal_dir=journal_dir)
     if backend == "sniff":
@@ -241,14 +241,17 @@ def agent(
         signal.SIGTERM,
     ):  # before the compile: a SIGTERM then still ends cleanly
         signal.signal(sig, lambda *_: stop.set())
+    try:
+        pods = ClusterPods(pod_cidrs)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from exc
     state = _state_dir(state_dir)
     flows, chosen = _open_flows(
         backend,
         flows_path=flows_path,
         interfaces=interfaces,
         node=node,
-        pod_cidrs=pod_cidrs,
-        cluster_paths=cluster_paths,
+        pods=pods,
         persist=persist,
         journal_dir=state.journal_dir if state is not None else None,
     )
@@ -265,6 +268,7 @@ def agent(
         sink=sink,
         server=server,
         state=state,
+        pods=pods,
     )
     try:
         the_agent.start()

@@ -7,8 +7,12 @@ agent with `make_agent`: replay capture, snapshot files, real HTTP on 127.0.0.1:
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from netwatch.agent import Agent, AgentConfig
 from netwatch.agent.inventory import BufferedSink, SnapshotFeed
@@ -122,3 +126,38 @@ def make_agent(
         clock=clock,
     )
     return agent, cluster
+
+
+def get(agent: Agent, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(agent.server.url + path, timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def samples(agent: Agent, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    status, text = get(agent, "/metrics")
+    assert status == 200
+    out: dict[tuple[tuple[str, str], ...], float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name:
+                out[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+def flow_labels(src: str, dst: str, port: int, verdict: str) -> tuple[tuple[str, str], ...]:
+    return tuple(
+        sorted(
+            {
+                "src_namespace": "shop" if src != "world" else "",
+                "src_workload": src,
+                "dst_namespace": "shop" if dst != "world" else "",
+                "dst_workload": dst,
+                "dst_port": str(port),
+                "protocol": "TCP",
+                "verdict": verdict,
+            }.items()
+        )
+    )

@@ -10,15 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 from click.testing import CliRunner
-from prometheus_client.parser import text_string_to_metric_families
 
 from netwatch.agent import Agent
 from netwatch.agent.logs import JsonFormatter
@@ -32,44 +29,12 @@ from tests.unit.agent_fixtures import (
     WEB,
     Clock,
     conn,
+    flow_labels,
+    get,
     make_agent,
+    samples,
     write_cluster,
 )
-
-
-def get(agent: Agent, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(agent.server.url + path, timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
-def samples(agent: Agent, name: str) -> dict[tuple[tuple[str, str], ...], float]:
-    status, text = get(agent, "/metrics")
-    assert status == 200
-    out: dict[tuple[tuple[str, str], ...], float] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name:
-                out[tuple(sorted(s.labels.items()))] = s.value
-    return out
-
-
-def flow_labels(src: str, dst: str, port: int, verdict: str) -> tuple[tuple[str, str], ...]:
-    return tuple(
-        sorted(
-            {
-                "src_namespace": "shop" if src != "world" else "",
-                "src_workload": src,
-                "dst_namespace": "shop" if dst != "world" else "",
-                "dst_workload": dst,
-                "dst_port": str(port),
-                "protocol": "TCP",
-                "verdict": verdict,
-            }.items()
-        )
-    )
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from netwatch.capture.replay import ReplaySource
 from netwatch.cli.main import cli
 from netwatch.core.flow import Connection
 from netwatch.server import ServerConfig
-from tests.unit.test_agent import (
+from tests.unit.agent_fixtures import (
     API,
     DB,
     EXTERNAL,

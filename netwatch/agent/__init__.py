@@ -47,7 +47,7 @@ from netwatch.agent.state import StateDir
 from netwatch.agent.suggestions import DEFAULT_INTERVAL as DEFAULT_SUGGEST_INTERVAL
 from netwatch.agent.suggestions import Suggester
 from netwatch.capture.base import FlowSource, Journaled
-from netwatch.core.attribution import Attributor
+from netwatch.core.attribution import Attributor, VerdictKind
 from netwatch.core.checkpoint import Checkpoint
 from netwatch.core.engine import IPBlockPodIPs, PolicyEngine
 from netwatch.core.identity import IdentityIndex
@@ -132,6 +132,8 @@ class Agent:
             readiness={"capture": lambda: self._capture_ok, "inventory": lambda: self._fresh},
         )
         self._attributor: Attributor | None = None
+        self._previous: Attributor | None = None
+        """The generation before the last inventory change (see `_drain`)."""
         self._static_findings: dict[str, int] = {}
         self._capture_ok = False
         self._fresh = False
@@ -283,6 +285,7 @@ class Agent:
     def _rebuild(self) -> None:
         cluster = self.store.cluster()
         engine = PolicyEngine(cluster, ipblock_pod_ips=self.config.ipblock_pod_ips)
+        self._previous = self._attributor
         self._attributor = Attributor(
             index=self.store.index,
             engine=engine,
@@ -318,9 +321,17 @@ class Agent:
             return 0
         if not self._stopped:
             self._capture_ok = True
-        add, observe = self.accumulator.add, self.suggester.add
+        add, observe, previous = self.accumulator.add, self.suggester.add, self._previous
         for conn in records:
             item = attributor.attribute(conn)
+            if item.verdict is VerdictKind.UNKNOWN and previous is not None:
+                # A pod deleted in the inventory change this very step applied: its last
+                # seconds of traffic are still drained now. The index still names it (at
+                # first_seen) but the new policy view no longer holds it; the previous
+                # generation does, and was the cluster when the traffic happened.
+                earlier = previous.attribute(conn)
+                if earlier.verdict is not VerdictKind.UNKNOWN:
+                    item = earlier
             add(item)
             observe(item)
         self.records_total += len(records)

@@ -12,6 +12,10 @@ A `Connection` carries addresses; this module turns it into identities and a ver
   DNAT (`service_ip` set) names the backend itself and only the Service is looked up;
 - the pair is evaluated by the `PolicyEngine` and classified as a `VerdictKind`.
 
+`attribute` first re-orients a record whose orientation was only guessed from port
+numbers when the inventory's declared ports say otherwise (`orientation.reorient`); the
+per-row hot loops (`resolve_fields`) take rows as oriented.
+
 **Which backend.** A pre-DNAT record does not say which backend kube-proxy picked. When
 the backends belong to several workloads (a canary next to its stable Deployment), the
 connection is attributed to the workload with the most backends (ties: the smaller
@@ -52,13 +56,14 @@ from dataclasses import dataclass
 from netwatch.core.backends import Backend, ServiceBackends
 from netwatch.core.cluster import Cluster
 from netwatch.core.engine import IPBlockPodIPs, PolicyEngine, Target, Verdict, parse_ip
-from netwatch.core.flow import Connection
+from netwatch.core.flow import Connection, Orientation
 from netwatch.core.identity import Identity, IdentityIndex, IdentityKind
 from netwatch.core.model import (
     POLICY_PROTOCOLS,
     Pod,
     Protocol,
 )
+from netwatch.core.orientation import DeclaredPorts, reorient
 from netwatch.core.policy import IPAddress, IPBlock, IPNetwork
 from netwatch.core.store import InventoryStore
 
@@ -217,6 +222,7 @@ class Attributor:
         self._pod_ranges = tuple(ranges)
         self._cache: dict[tuple[object, ...], tuple[Identity, Identity, Resolution]] = {}
         self.backends = ServiceBackends(self.cluster)
+        self._declared = DeclaredPorts(self.cluster)
         self._backends: dict[tuple[int, int, int], tuple[Identity, tuple[Backend, ...] | str]] = {}
         self._views: dict[tuple[int, str], _View] = {}
         self._classes: dict[tuple[object, ...], int] = {}
@@ -253,6 +259,13 @@ class Attributor:
     # ------------------------------------------------------------------ API
 
     def attribute(self, conn: Connection) -> Attributed:
+        if conn.orientation is Orientation.HEURISTIC:
+            conn = reorient(
+                conn,
+                client=self._lookup(conn.client_ip, conn.first_seen),
+                server=self._lookup(conn.server_ip, conn.first_seen),
+                declared=self._declared,
+            )
         res = self.resolve(
             client_ip=conn.client_ip,
             server_ip=conn.server_ip,

@@ -12,7 +12,20 @@ from netwatch.cli.main import cli
 from netwatch.core.cluster import Cluster
 from netwatch.core.model import Namespace, NamespaceName, Node, NodeName
 from tests.builders import pod
-from tests.unit.agent_fixtures import CLUSTER, POD, Clock, make_agent
+from tests.unit.agent_fixtures import (
+    API,
+    CLUSTER,
+    DB,
+    POD,
+    POLICY,
+    T0,
+    WEB,
+    Clock,
+    conn,
+    flow_labels,
+    make_agent,
+    samples,
+)
 
 
 def cluster(*pods_: object, node_cidrs: tuple[str, ...] = ()) -> Cluster:
@@ -70,5 +83,28 @@ def test_the_agent_keeps_the_capture_predicate_current(tmp_path: Path) -> None:
         clock.advance(5)
         agent.step()
         assert agent.pods(newcomer)
+    finally:
+        agent.shutdown()
+
+
+def test_traffic_of_a_pod_deleted_in_the_same_step_keeps_its_workload_and_verdict(
+    tmp_path: Path,
+) -> None:
+    """The inventory change is applied before the drain that still holds the deleted
+    pod's last connections: they are evaluated in the generation that had the pod."""
+    clock = Clock()
+    agent, path = make_agent(tmp_path, [[], [conn(DB, API, 8080, at=T0 + 1)]], clock)
+    agent.start()
+    try:
+        without_db = CLUSTER + "".join(
+            POD.format(name=name, ip=ip, port=port)
+            for name, ip, port in (("web", WEB, 80), ("api", API, 8080))
+        )
+        path.write_text(without_db + POLICY)
+        clock.advance(5)
+        agent.step()
+        assert agent.generation == 2
+        flows = samples(agent, "netwatch_flows_total")
+        assert flows == {flow_labels("db", "api", 8080, "denied"): 1.0}
     finally:
         agent.shutdown()

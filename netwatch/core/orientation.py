@@ -1,0 +1,78 @@
+"""Declared ports settle what the port-number heuristic guessed wrong.
+
+Capture orients most records for certain (a SYN, a listening socket: `Orientation.SYN`,
+`SOCKET`); the rest — UDP between sockets already closed, pre-existing connections whose
+ends are both off this node — fall back to port numbers (`heuristic`: the lower,
+well-known port is the server). That guess fails when a client's ephemeral port is the
+lower one (a wide `ip_local_port_range`, a UDP peer on a high port such as 40000).
+
+The inventory knows better: a pod's declared `containerPorts` and a Service's ports are
+where something listens. `reorient` swaps a heuristic record's ends when the client end
+declares its port and the server end does not declare its own; nothing else is changed
+(the orientation stays `heuristic`: it is still an inference, now an informed one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from netwatch.core.cluster import Cluster
+from netwatch.core.flow import Connection, Orientation
+from netwatch.core.identity import Identity, IdentityKind
+from netwatch.core.model import Protocol
+
+_Listening = frozenset[tuple[int, Protocol]]
+
+
+class DeclaredPorts:
+    """Which (port, protocol) each pod (by uid) and Service (by key) declares."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self._pods: dict[str, _Listening] = {
+            p.uid: frozenset((c.port, c.protocol) for c in p.container_ports)
+            for p in cluster.pods
+            if p.container_ports
+        }
+        self._services: dict[str, _Listening] = {
+            s.key: frozenset((sp.port, sp.protocol) for sp in s.ports)
+            for s in cluster.services
+            if s.ports
+        }
+
+    def serves(self, who: Identity, port: int, protocol: Protocol) -> bool:
+        if who.kind is IdentityKind.POD:
+            declared = self._pods.get(who.uid or "")
+        elif who.kind is IdentityKind.SERVICE:
+            declared = self._services.get(who.key)
+        else:
+            return False
+        return declared is not None and (port, protocol) in declared
+
+
+def reversed_connection(conn: Connection) -> Connection:
+    """The same record seen from the other end: endpoints and directions swapped."""
+    return replace(
+        conn,
+        client_ip=conn.server_ip,
+        client_port=conn.server_port,
+        server_ip=conn.client_ip,
+        server_port=conn.client_port,
+        packets_out=conn.packets_in,
+        bytes_out=conn.bytes_in,
+        packets_in=conn.packets_out,
+        bytes_in=conn.bytes_out,
+    )
+
+
+def reorient(
+    conn: Connection, *, client: Identity, server: Identity, declared: DeclaredPorts
+) -> Connection:
+    """`conn`, or its reversal when only the client end declares its port (module doc)."""
+    if conn.orientation is not Orientation.HEURISTIC or conn.service_ip is not None:
+        return conn
+    proto = conn.protocol
+    if declared.serves(client, conn.client_port, proto) and not declared.serves(
+        server, conn.server_port, proto
+    ):
+        return reversed_connection(conn)
+    return conn

@@ -134,6 +134,8 @@ class CaptureStats:
     suppressed: int = 0
     dnat_resolved: int = 0
     orientation: dict[str, int] = field(default_factory=dict)
+    journal_errors: int = 0
+    """Batches the write-ahead journal could not take (`--state-dir` full or gone)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -357,7 +359,7 @@ class EbpfSource:
     def _empty_map(self) -> int:
         with self._map_lock:
             kernel_before = self._read_stats()
-            raw = self._drainer.drain(self._journal.append if self._journal else None)
+            raw = self._drainer.drain(self._journaled if self._journal else None)
             packets = nbytes = 0
             for _key, value in raw:
                 p_from, p_to, b_from, b_to = VALUE.unpack(value)[:4]
@@ -368,6 +370,22 @@ class EbpfSource:
             self._pending.extend(raw)
             self.stats.max_pass_entries = max(self.stats.max_pass_entries, len(raw))
         return len(raw)
+
+    def _journaled(self, keys: bytes, values: bytes, count: int) -> None:
+        """Append one batch to the journal; a failure (a full disk) costs crash safety
+        for that batch, never the batch itself: it is counted as usual."""
+        assert self._journal is not None
+        try:
+            self._journal.append(keys, values, count)
+        except OSError as exc:
+            self.stats.journal_errors += 1
+            if self.stats.journal_errors == 1 or not self.stats.journal_errors % 1000:
+                _log.error(
+                    "journal append failed (%s; %d times): drained entries are counted but "
+                    "would not survive a crash",
+                    exc,
+                    self.stats.journal_errors,
+                )
 
     # -- FlowSource -------------------------------------------------------------------
     @property

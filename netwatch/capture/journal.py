@@ -25,6 +25,7 @@ crash (the page cache is not fsynced per append; the kernel maps die with the no
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -63,6 +64,7 @@ class Journal:
         self._fd = self._open(self._current)
         self.appended = 0
         """Entries appended by this process."""
+        self.rotate_failures = 0
 
     def segments(self) -> list[int]:
         """Segment numbers on disk, ascending."""
@@ -90,16 +92,35 @@ class Journal:
             (header, keys[: count * self._key_size], values[: count * self._value_size])
         )
         with self._lock:
-            written = os.write(self._fd, record)
+            start = os.lseek(self._fd, 0, os.SEEK_END)
+            try:
+                written = os.write(self._fd, record)
+            except OSError:
+                os.ftruncate(self._fd, start)  # never leave a torn record mid-segment
+                raise
             if written != len(record):  # a regular file: only on a full disk
-                raise OSError(f"journal {self.directory}: short write ({written}/{len(record)})")
+                os.ftruncate(self._fd, start)
+                raise OSError(
+                    errno.ENOSPC, f"journal {self.directory}: short write ({written}/{len(record)})"
+                )
             self.appended += count
 
     def rotate(self) -> int:
-        """Seal the current segment and start the next; returns the sealed number."""
+        """Seal the current segment and start the next; returns the sealed number.
+
+        When the next segment cannot be created (no inode left), the current one is
+        emptied in place instead and the previous number returned: the caller has the
+        entries in memory and counts them, a crash replays only what came after — the
+        exactly-once protocol holds either way."""
         with self._lock:
             sealed = self._current
-            fd = self._open(sealed + 1)
+            try:
+                fd = self._open(sealed + 1)
+            except JournalError as exc:
+                os.ftruncate(self._fd, 0)
+                self.rotate_failures += 1
+                _log.error("%s; emptying segment %d in place", exc, sealed)
+                return sealed - 1
             os.close(self._fd)
             self._fd, self._current = fd, sealed + 1
         return sealed

@@ -274,6 +274,19 @@ def assert_clean(netns: str) -> None:
     assert not pins.exists(), f"pinned maps left in {pins}: {list(pins.iterdir())}"
 
 
+@contextlib.contextmanager
+def tmpfs(path: Path, options: str) -> Iterator[Path]:
+    """A small tmpfs of our own at `path` (mount options: size=, nr_inodes=): a disk
+    that really fills up. Unmounted (lazily: open files may remain) on exit."""
+    require_privileges()
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "--lazy", str(path)], check=True)
+
+
 # -- scripted peers (own servers/clients inside lab namespaces) --------------------------
 
 ECHO_SERVER = """

@@ -22,6 +22,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -37,6 +38,7 @@ from tests.privileged.ebpf_fixtures import (
     pcap_counts,
     peers,
     require_privileges,
+    tmpfs,
 )
 
 pytestmark = [pytest.mark.privileged, pytest.mark.slow]
@@ -158,17 +160,7 @@ def test_kill_9_mid_traffic_loses_and_double_counts_nothing(
                 _stop(run.proc, signal.SIGTERM)
     assert runs[-1].proc.returncode == 0, runs[-1].log()
 
-    expected: dict[tuple[str, str], float] = defaultdict(float)
-    connections = 0
-    for (proto, _sip, _sport, _dip, dport), (p_out, b_out, p_in, b_in) in _directions(truth):
-        if dport != PORT:
-            continue
-        connections += 1
-        expected[("netwatch_flows_total", proto)] += 1
-        expected[("netwatch_flow_bytes_total", proto)] += b_out + b_in
-        expected[("netwatch_flow_packets_total", proto)] += p_out + p_in
-    assert connections > 20
-    assert port_totals(text) == dict(expected)
+    assert port_totals(text) == expected_totals(truth)
     assert single(text, "netwatch_capture_lost_total") == 0
     for run in runs:
         assert '"level": "error"' not in run.log(), run.log()
@@ -178,6 +170,19 @@ def test_kill_9_mid_traffic_loses_and_double_counts_nothing(
     )
     checkpoint = json.loads((state / "checkpoint.json").read_text())
     assert checkpoint["node"] == "node-1"
+
+
+def expected_totals(truth: dict[tuple[str, str, int, str, int], list[int]]) -> dict[Any, float]:
+    """What `port_totals` must show for the connections tcpdump saw on PORT."""
+    expected: dict[tuple[str, str], float] = defaultdict(float)
+    connections = 0
+    for (proto, *_), (p_out, b_out, p_in, b_in) in _directions(truth):
+        connections += 1
+        expected[("netwatch_flows_total", proto)] += 1
+        expected[("netwatch_flow_bytes_total", proto)] += b_out + b_in
+        expected[("netwatch_flow_packets_total", proto)] += p_out + p_in
+    assert connections > 20
+    return dict(expected)
 
 
 def _directions(
@@ -190,3 +195,36 @@ def _directions(
             continue
         back = truth.get((proto, dip, dport, sip, sport), [0, 0])
         yield key, (counts[0], counts[1], back[0], back[1])
+
+
+def test_a_full_state_directory_costs_crash_safety_never_counts(
+    one_node: LabHandle, tmp_path: Path
+) -> None:
+    """The journal and the checkpoint cannot be written (a 16 KiB tmpfs fills within a
+    second): the agent says so in its log and keeps counting exactly."""
+    client_pod, server_pod = one_node.pod("demo/client"), one_node.pod("demo/web[0]")
+    node = one_node.nodes["node-1"]
+    with tmpfs(tmp_path / "state", "size=16k") as state, peers() as p:
+        p.server(server_pod.netns, f"0.0.0.0:{PORT}")
+        cli = p.client(client_pod.netns)
+        run = AgentRun(one_node, state, tmp_path / "agent.log")
+        try:
+            run.wait_started()
+            dump = Tcpdump(node.netns, server_pod.interface or "", tmp_path / "web.pcap")
+            try:
+                traffic = BusyTraffic(cli, server_pod.ip, PORT)
+                time.sleep(5.0)
+                traffic.stop()
+                time.sleep(1.0)
+            finally:
+                truth = pcap_counts(dump.stop())
+            time.sleep(4.5)
+            text = scrape(one_node)
+        finally:
+            _stop(run.proc, signal.SIGTERM)
+    assert run.proc.returncode == 0, run.log()
+    assert port_totals(text) == expected_totals(truth)
+    assert single(text, "netwatch_capture_lost_total") == 0
+    assert "journal append failed" in run.log()
+    assert "writing the checkpoint failed" in run.log()
+    assert_clean(node.netns)

@@ -5,7 +5,7 @@ A lab's pods are fixed by its scenario. `PodChurn` adds pods of a few extra work
 node of a running lab and deletes them again, as a cluster under rollout churn would:
 
 - each pod gets a network namespace and a routed veth wired exactly like the lab's own
-  pods (`topology._pod` for the pod side, the same host-side route and static
+  pods (`topology.configure_pod` for the pod side, the same host-side route and static
   neighbour), named like them (`nw<id>-p-<ns>.<pod>`), so `lab.down(run_id)` sweeps
   any a crashed process left behind;
 - its address is the lowest free one of the node's podCIDR, so a deleted pod's address
@@ -43,8 +43,8 @@ from netwatch.lab.plan import (
     LabNode,
     LabPlan,
     LabPod,
-    _pod_identity,
     object_uid,
+    pod_identity,
     template_hash,
     workload_labels,
 )
@@ -53,10 +53,10 @@ from netwatch.lab.snapshot import cluster_objects
 from netwatch.lab.topology import (
     LabError,
     Runner,
-    _batch,
-    _offloads_off,
-    _pod,
+    configure_pod,
     destroy,
+    ip_batch,
+    offloads_off,
     run_command,
 )
 from netwatch.lab.traffic import ServerLogs, TrafficRun, log_owners
@@ -215,7 +215,7 @@ class PodChurn:
         if w.kind is WorkloadKind.STATEFUL_SET:
             used = {p.replica for p in self._live.values() if p.workload.name == w.name}
             index = next(i for i in itertools.count() if i not in used)
-        name, owner, extra = _pod_identity(w, index, self.node.name, template_hash(w))
+        name, owner, extra = pod_identity(w, index, self.node.name, template_hash(w))
         run_id = self._base.run_id
         # The serial keeps veth names unique even when a StatefulSet name comes back while
         # the kernel is still tearing down the previous pod's veth.
@@ -247,11 +247,11 @@ class PodChurn:
             f"route replace {pod.ip}/32 dev {veth} scope link",
             f"neigh replace {pod.ip} lladdr {pod.mac} dev {veth} nud permanent",
         )
-        _batch(self._run, node_netns, host_side)
-        _pod(self._run, pod.netns, ip=pod.ip, mac=pod.mac or "")
+        ip_batch(self._run, node_netns, host_side)
+        configure_pod(self._run, pod.netns, ip=pod.ip, mac=pod.mac or "")
         if not self._scenario.offloads:
-            _offloads_off(self._run, node_netns, veth)
-            _offloads_off(self._run, pod.netns, "eth0")
+            offloads_off(self._run, node_netns, veth)
+            offloads_off(self._run, pod.netns, "eth0")
 
     def _wait_vanished(self, pod: LabPod) -> None:
         deadline = time.monotonic() + VANISH_TIMEOUT

@@ -491,7 +491,7 @@ def _plan_pods(
         pod_template_hash = template_hash(w)
         for i in range(w.replicas):
             node = by_name[w.nodes[i % len(w.nodes)]]
-            name, owner, extra = _pod_identity(w, i, node.name, pod_template_hash)
+            name, owner, extra = pod_identity(w, i, node.name, pod_template_hash)
             if w.host_network:
                 ip, netns, veth, mac = node.ip, node.netns, None, None
                 for port in w.ports:
@@ -541,7 +541,7 @@ def template_hash(w: WorkloadSpec) -> str:
     return _k8s_suffix(f"{w.namespace}/{w.name}", 10)
 
 
-def _pod_identity(
+def pod_identity(
     w: WorkloadSpec, i: int, node: str, pod_template_hash: str
 ) -> tuple[str, str | None, dict[str, str]]:
     """Pod name, owning controller name and controller-added labels, as Kubernetes does."""

@@ -76,7 +76,7 @@ def build(plan: LabPlan, run: Runner = run_command, *, reserved: Collection[str]
     _fabric(plan, run)
     if plan.internet is not None:
         inet = plan.internet
-        _batch(
+        ip_batch(
             run,
             inet.netns,
             [
@@ -108,7 +108,7 @@ def build(plan: LabPlan, run: Runner = run_command, *, reserved: Collection[str]
                 f"route add {pod.ip}/32 dev {pod.interface} scope link",
                 f"neigh replace {pod.ip} lladdr {pod.mac} dev {pod.interface} nud permanent",
             ]
-        _batch(run, node.netns, commands)
+        ip_batch(run, node.netns, commands)
         _sysctl(
             run,
             node.netns,
@@ -119,10 +119,10 @@ def build(plan: LabPlan, run: Runner = run_command, *, reserved: Collection[str]
             ],
         )
         for pod in local:
-            _pod(run, pod.netns, ip=pod.ip, mac=pod.mac or "")
+            configure_pod(run, pod.netns, ip=pod.ip, mac=pod.mac or "")
             if not plan.scenario.offloads:
-                _offloads_off(run, node.netns, pod.interface or "")
-                _offloads_off(run, pod.netns, "eth0")
+                offloads_off(run, node.netns, pod.interface or "")
+                offloads_off(run, pod.netns, "eth0")
         run(["ip", "netns", "exec", node.netns, "iptables-restore"], stdin=node_rules(plan, node))
 
 
@@ -148,12 +148,12 @@ def _fabric(plan: LabPlan, run: Runner) -> None:
             f"link set {port} up",
         ]
     commands += [f"route add {node.pod_cidr} via {node.ip}" for node in plan.nodes]
-    _batch(run, plan.fabric_netns, commands)
+    ip_batch(run, plan.fabric_netns, commands)
     _sysctl(run, plan.fabric_netns, ["net.ipv4.ip_forward=1"])
 
 
-def _pod(run: Runner, netns: str, *, ip: str, mac: str) -> None:
-    _batch(
+def configure_pod(run: Runner, netns: str, *, ip: str, mac: str) -> None:
+    ip_batch(
         run,
         netns,
         [
@@ -166,12 +166,15 @@ def _pod(run: Runner, netns: str, *, ip: str, mac: str) -> None:
             f"neigh replace {POD_GATEWAY} lladdr {HOST_VETH_MAC} dev eth0 nud permanent",
         ],
     )
-    # Churn opens thousands of connections per second from one pod: a wide ephemeral
-    # range and TIME-WAIT reuse keep it from running out of source ports.
-    _sysctl(run, netns, ["net.ipv4.ip_local_port_range=10000 65535", "net.ipv4.tcp_tw_reuse=1"])
+    # Churn opens thousands of connections per second from one pod: TIME-WAIT reuse
+    # and the range up to 65535 keep it from running out of source ports. The range
+    # starts where Linux's default does (32768): below it, an ephemeral client port of a
+    # closed UDP socket would look like a server's to the port-number heuristic, which
+    # real nodes do not see (capture.packets.heuristic_server_is_low).
+    _sysctl(run, netns, ["net.ipv4.ip_local_port_range=32768 65535", "net.ipv4.tcp_tw_reuse=1"])
 
 
-def _batch(run: Runner, netns: str, commands: Sequence[str]) -> None:
+def ip_batch(run: Runner, netns: str, commands: Sequence[str]) -> None:
     run(["ip", "-n", netns, "-batch", "-"], stdin="\n".join(commands) + "\n")
 
 
@@ -180,7 +183,7 @@ def _sysctl(run: Runner, netns: str, settings: Sequence[str]) -> None:
     run(["ip", "netns", "exec", netns, "sysctl", "-q", "-w", *settings])
 
 
-def _offloads_off(run: Runner, netns: str, interface: str) -> None:
+def offloads_off(run: Runner, netns: str, interface: str) -> None:
     run(
         [
             "ip", "netns", "exec", netns,

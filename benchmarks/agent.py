@@ -19,19 +19,29 @@ file (`SnapshotFeed`, as `netwatch agent --cluster`).
   target (unless `--no-check`).
 - **soak** (`--soak SECONDS`): the parent rewrites the snapshot file every
   `--churn-every` seconds, replacing 50 pods by pods of new workloads (new names, uids and
-  StatefulSet owners; the freed IPs are reused), while the child drains 5,000 records
-  per step (half from a pool of 20,000 long-lived connections that rotates 5% per drain,
-  half new) at 4 drains per second — simulated time runs 20x faster than wall time, so
-  the 300 s grace period of deleted workloads' series is crossed many times. The parent
-  samples the child's RSS every 10 s and reports the slope after warm-up.
+  StatefulSet owners; the freed IPs are reused), while the child drains `PER_DRAIN`
+  (2,000) records per step (half from a pool of `POOL` (10,000) long-lived connections
+  that rotates 5% per drain, half new) at `SOAK_RATE` (2) drains per second — simulated
+  time runs 10x faster than wall time (when the child keeps up), so the grace periods of
+  deleted workloads' series, identities and suggestion observations are crossed many
+  times. The parent samples the child's RSS every 10 s. Checks (`soak_verdict`): the
+  first third is warm-up; **no growth** — the last third's median RSS at most
+  `GROWTH_TOLERANCE_MIB` (5) above the middle third's; **target** — no sample above
+  `TARGET_MIB`. Exit status 1 when either fails (unless `--no-check`). `--diagnose
+  sizes|trim|tracemalloc` (repeatable) makes the child print, every 20 s, the sizes of
+  the agent's growable containers and GC-tracked objects by type, RSS before and after
+  `malloc_trim(0)`, or tracemalloc's growth by source line (see `_Diagnostics`).
 
     .venv/bin/python benchmarks/agent.py                    # 100,000 active connections
     .venv/bin/python benchmarks/agent.py --soak 600         # 10-minute churn soak
+    .venv/bin/python benchmarks/agent.py --soak 180 --diagnose sizes --no-check
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import os
 import platform
@@ -39,7 +49,9 @@ import random
 import subprocess
 import sys
 import time
+import tracemalloc
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from itertools import islice
@@ -68,6 +80,10 @@ CHURN_PODS = 50
 PER_DRAIN = 2000
 """Soak records per drain: half from the long-lived pool, half new."""
 POOL = 10_000
+GROWTH_TOLERANCE_MIB = 5.0
+"""Soak: how far the last third's median RSS may exceed the middle third's."""
+DIAGNOSE_EVERY = 20.0
+"""Wall seconds between `--diagnose` rows of the soak child."""
 
 
 # ---------------------------------------------------------------- helpers (both sides)
@@ -191,6 +207,77 @@ def child_active(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Diagnostics:
+    """`--diagnose`: what holds the soak child's memory, printed as `{"diag": ...}` rows.
+
+    `sizes` — the agent's growable containers, GC-tracked objects by type (the change since
+    the first row) and collector counts; `trim` — RSS before and after glibc's
+    `malloc_trim(0)` (memory that is free but not returned to the OS: fragmentation,
+    not live objects); `tracemalloc` — Python allocations by source line, the change since
+    the first row (slows the child down and adds its own memory: for diagnosis only).
+    """
+
+    def __init__(self, kinds: list[str]) -> None:
+        self.kinds = set(kinds)
+        self._types: Counter[str] | None = None
+        self._trace: tracemalloc.Snapshot | None = None
+        if "tracemalloc" in self.kinds:
+            tracemalloc.start(4)
+
+    def row(self, agent: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {"rss_mib": round(_status_mib("self", "VmRSS"), 1)}
+        if "sizes" in self.kinds:
+            out |= self._sizes(agent)
+        if "tracemalloc" in self.kinds:
+            out["tracemalloc"] = self._tracemalloc()
+        if "trim" in self.kinds:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+            out["rss_after_trim_mib"] = round(_status_mib("self", "VmRSS"), 1)
+        return out
+
+    def _sizes(self, agent: Any) -> dict[str, Any]:
+        attributor = agent._attributor
+        acc = agent.accumulator
+        observed = agent.suggester._observed
+        types = Counter(type(o).__name__ for o in gc.get_objects())
+        base, self._types = self._types, self._types or types
+        return {
+            "observations": agent.suggester.observations,
+            "observed_records": observed.records,
+            "flows": acc.series,
+            "conversations": acc.conversations,
+            "ports": len(acc._ports),
+            "peers": len(acc._peers),
+            "index": agent.store.index.stats(),
+            "attributor": {
+                name: len(getattr(attributor, name))
+                for name in ("_cache", "_views", "_evaluations", "_classes", "_backends")
+            },
+            "gc_objects": sum(types.values()),
+            "gc_counts": gc.get_count(),
+            "gc_collections": [s["collections"] for s in gc.get_stats()],
+            "types_grown": dict((types - base).most_common(8)) if base else {},
+        }
+
+    def _tracemalloc(self) -> dict[str, Any]:
+        snap = tracemalloc.take_snapshot().filter_traces(
+            [tracemalloc.Filter(False, tracemalloc.__file__)]
+        )
+        traced = tracemalloc.get_traced_memory()[0] / 2**20
+        if self._trace is None:
+            self._trace = snap
+            return {"traced_mib": round(traced, 1)}
+        top = snap.compare_to(self._trace, "lineno")[:10]
+        return {
+            "traced_mib": round(traced, 1),
+            "grown": [
+                f"{s.size_diff / 2**20:+.1f} MiB {s.count_diff:+d} "
+                f"{Path(s.traceback[0].filename).name}:{s.traceback[0].lineno}"
+                for s in top
+            ],
+        }
+
+
 def child_soak(args: argparse.Namespace) -> int:
 
     rng = random.Random(6)
@@ -235,6 +322,7 @@ def child_soak(args: argparse.Namespace) -> int:
 
     agent = _make_agent(args.cluster, batches(), clock)
     generation = -1
+    diagnostics = _Diagnostics(args.diagnose) if args.diagnose else None
 
     def refresh_ips() -> None:
         cluster = agent.store.cluster()
@@ -252,6 +340,7 @@ def child_soak(args: argparse.Namespace) -> int:
     agent._capture_ok = True
     deadline = time.monotonic() + args.soak_seconds
     next_at = time.monotonic()
+    diagnose_at = next_at + DIAGNOSE_EVERY
     while time.monotonic() < deadline:
         clock.now += DRAIN
         agent.step()
@@ -263,6 +352,10 @@ def child_soak(args: argparse.Namespace) -> int:
             row = {"drains": agent.drains, "series": agent.accumulator.series}
             row |= {"generation": generation, "records": agent.records_total}
             print(json.dumps(row), flush=True)
+        if diagnostics is not None and time.monotonic() >= diagnose_at:
+            row = {"drains": agent.drains, **diagnostics.row(agent)}
+            print(json.dumps({"diag": row}), flush=True)
+            diagnose_at += DIAGNOSE_EVERY
         next_at += 1 / SOAK_RATE
         time.sleep(max(0.0, next_at - time.monotonic()))
     agent.shutdown()
@@ -392,9 +485,11 @@ def run_soak(
     live = args.workdir / "agent-soak-cluster.yaml"
     live.write_bytes(cluster.read_bytes())
     rng = random.Random(7)
+    extra = ["--cluster", str(live), "--soak-seconds", str(args.soak)]
+    extra += [f"--diagnose={kind}" for kind in args.diagnose]
     proc = _child(
         "soak",
-        ["--cluster", str(live), "--soak-seconds", str(args.soak)],
+        extra,
         args.workdir / "agent-soak.stderr",
     )
     assert proc.stdout is not None
@@ -403,10 +498,16 @@ def run_soak(
     samples: list[dict[str, float]] = []
     next_sample, next_churn, gen = start, start + args.churn_every, 0
     last: dict[str, Any] = {}
+    diagnostics: list[dict[str, Any]] = []
     while proc.poll() is None:
         now = time.monotonic()
         for line in proc.stdout:
-            last = json.loads(line)
+            row = json.loads(line)
+            if "diag" in row:
+                diagnostics.append({"t": round(now - start, 1), **row["diag"]})
+                print(f"  diag {json.dumps(diagnostics[-1])}", flush=True)
+            else:
+                last = row
         if now >= next_churn:
             gen += 1
             _churn(objects, rng, gen)
@@ -430,8 +531,32 @@ def run_soak(
             next_sample += 10
         time.sleep(0.2)
     code = proc.wait()
-    warm = max(60.0, args.soak / 4)
-    after = [s for s in samples if s["t"] >= warm]
+    return {
+        "seconds": args.soak,
+        "exit": code,
+        "churns": gen,
+        "pods_per_churn": CHURN_PODS,
+        **soak_verdict(samples, seconds=args.soak, exit_code=code),
+        "samples": samples,
+        "diagnostics": diagnostics,
+    }
+
+
+def soak_verdict(
+    samples: list[dict[str, Any]], *, seconds: float, exit_code: int
+) -> dict[str, Any]:
+    """The soak's checks over the RSS samples taken while the child was draining.
+
+    The first third of the run is warm-up (caches, series and observations filling up).
+    **No growth**: the median RSS of the last third exceeds the middle third's by at most
+    `GROWTH_TOLERANCE_MIB` (medians: a suggestion render's transient allocations do not
+    decide it). **Target**: no sample above `TARGET_MIB`, warm-up included. The slope
+    (least squares over the last two thirds) is reported, not checked.
+    """
+    during = [s for s in samples if s["rss_mib"] > 0 and s["t"] <= seconds]
+    middle = [s for s in during if seconds / 3 <= s["t"] < 2 * seconds / 3]
+    last = [s for s in during if s["t"] >= 2 * seconds / 3]
+    after = middle + last
     slope = 0.0
     if len(after) >= 2:
         n = len(after)
@@ -439,18 +564,32 @@ def run_soak(
         my = sum(s["rss_mib"] for s in after) / n
         sxx = sum((s["t"] - mx) ** 2 for s in after)
         slope = sum((s["t"] - mx) * (s["rss_mib"] - my) for s in after) / sxx * 60
-    band = (max(s["rss_mib"] for s in after) - min(s["rss_mib"] for s in after)) if after else 0.0
+    enough = len(middle) >= 3 and len(last) >= 3
+    growth = _median(last) - _median(middle) if enough else None
+    peak = max((s["rss_mib"] for s in during), default=0.0)
+    no_growth = growth is not None and growth <= GROWTH_TOLERANCE_MIB
     return {
-        "seconds": args.soak,
-        "exit": code,
-        "churns": gen,
-        "pods_per_churn": CHURN_PODS,
-        "warm_up_seconds": warm,
+        "warm_up_seconds": round(seconds / 3, 1),
+        "median_rss_middle_third_mib": round(_median(middle), 1) if middle else None,
+        "median_rss_last_third_mib": round(_median(last), 1) if last else None,
+        "growth_mib": None if growth is None else round(growth, 1),
+        "growth_tolerance_mib": GROWTH_TOLERANCE_MIB,
         "slope_mib_per_minute": round(slope, 3),
-        "band_after_warm_up_mib": round(band, 1),
-        "samples": samples,
-        "ok": code == 0 and len(after) >= 2 and band <= 10.0,
+        "band_after_warm_up_mib": round(
+            max(s["rss_mib"] for s in after) - min(s["rss_mib"] for s in after), 1
+        )
+        if after
+        else None,
+        "peak_rss_mib": round(peak, 1),
+        "target_mib": TARGET_MIB,
+        "no_growth": no_growth,
+        "ok": exit_code == 0 and no_growth and peak <= TARGET_MIB,
     }
+
+
+def _median(samples: list[dict[str, Any]]) -> float:
+    values = sorted(s["rss_mib"] for s in samples)
+    return values[len(values) // 2] if values else 0.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -461,6 +600,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--soak", type=float, nargs="?", const=600.0, default=None, metavar="SECONDS")
     ap.add_argument("--churn-every", type=float, default=5.0, metavar="SECONDS")
     ap.add_argument("--workdir", type=Path, default=RESULTS)
+    ap.add_argument(
+        "--diagnose",
+        action="append",
+        default=[],
+        choices=("sizes", "trim", "tracemalloc"),
+        help=f"soak: print what holds the child's memory every {DIAGNOSE_EVERY:.0f} s (repeatable)",
+    )
     ap.add_argument("--no-check", action="store_true", help="exit 0 even if a target is missed")
     ap.add_argument("--child", choices=("active", "soak"), help=argparse.SUPPRESS)
     ap.add_argument("--cluster", type=Path, help=argparse.SUPPRESS)
@@ -496,9 +642,13 @@ def main(argv: list[str] | None = None) -> int:
         soak = run_soak(args, cluster, objects)
         result["soak"] = soak
         print(
-            f"\n{soak['churns']} churns; after {soak['warm_up_seconds']:.0f} s warm-up: RSS band "
-            f"{soak['band_after_warm_up_mib']} MiB, slope {soak['slope_mib_per_minute']} MiB/min; "
-            f"no growth: {'yes' if soak['ok'] else 'NO'}"
+            f"\n{soak['churns']} churns; median RSS middle third "
+            f"{soak['median_rss_middle_third_mib']} MiB, last third "
+            f"{soak['median_rss_last_third_mib']} MiB (growth {soak['growth_mib']} MiB, "
+            f"tolerance {GROWTH_TOLERANCE_MIB:.0f}); slope {soak['slope_mib_per_minute']} "
+            f"MiB/min; peak {soak['peak_rss_mib']} MiB (target <= {TARGET_MIB:.0f}); "
+            f"no growth: {'yes' if soak['no_growth'] else 'NO'}; "
+            f"target met: {'yes' if soak['ok'] else 'NO'}"
         )
         ok = soak["ok"]
     result["environment"] = _environment()

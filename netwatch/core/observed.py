@@ -1,13 +1,15 @@
 """Observed traffic, aggregated: one `Observation` per distinct attribution, not per record.
 
-Every attributed record sharing a `Resolution` (`netwatch.core.attribution` hands the
-same object to all records between the same identities, addresses, port and protocol)
-is alike for everything `suggest`, `whatif` and verification ask — who, to whom, which
-port, what verdict — and differs only in counts and times. So records are folded as
-they stream in: a million records between a few thousand pod pairs cost a few thousand
-observations, in memory and in re-evaluations. `add_rows` is the hot loop over flow-file
-rows (`analysis.FlowRow`, as `analyze` reads them); a sample's `Connection` is rebuilt
-from its row (both directions' bytes and packets are summed there, as `_out`).
+Every attributed record with an equal `Resolution` (`netwatch.core.attribution` hands
+the same object to all records between the same identities, addresses, port and
+protocol; an attributor rebuilt over a new inventory hands out equal ones) is alike for
+everything `suggest`, `whatif` and verification ask — who, to whom, which port, what
+verdict — and differs only in counts and times. So records are folded as they stream
+in: a million records between a few thousand pod pairs cost a few thousand
+observations, in memory and in re-evaluations, however often the inventory changed.
+`add_rows` is the hot loop over flow-file rows (`analysis.FlowRow`, as `analyze` reads
+them); a sample's `Connection` is rebuilt from its row (both directions' bytes and
+packets are summed there, as `_out`).
 
 Also here: which observations a policy set is judged on (`evaluated`, `requires_allow`),
 how reports name their endpoints (`labels_of`, as `attribution.peer_key` names peers),
@@ -17,7 +19,7 @@ reports. Pure: no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from netwatch.core.analysis import FlowRow
@@ -50,43 +52,58 @@ class Observation:
             self.sample = a
 
 
+_MEMO_SLACK = 4096
+"""Resolutions the identity memo may hold beyond twice the observations (then cleared)."""
+
+
 class Observations:
-    """Attributed records folded per `Resolution`, in order of first appearance."""
+    """Attributed records folded per resolution *value*, in order of first appearance.
+
+    Records are matched to their observation through the identity of their `Resolution`
+    (a dict probe per record), and new resolutions by value (`_Value`): an agent rebuilds
+    its `Attributor` at every inventory change, and the same traffic then resolves to new,
+    equal `Resolution` objects — keyed by identity, each rebuild would add a copy of every
+    observation. So `len(self)` is the number of distinct (client, client address, server,
+    server address, port, protocol, Service, verdict and reasons) seen, however often the
+    inventory changed; the identity memo holds at most `2 * len(self) + _MEMO_SLACK`
+    resolutions. `retain` drops observations (an agent's bound, `agent.suggestions`).
+    """
 
     def __init__(self, items: Iterable[Attributed] = ()) -> None:
-        # Keyed by the resolution's id; the value holds the resolution itself, so the id
-        # cannot be reused while the entry lives (the attributor's cache may drop it).
-        self._by_resolution: dict[int, tuple[Resolution, Observation]] = {}
+        self._by_value: dict[_Value, Observation] = {}
+        # `Resolution` hashes and compares by identity (`eq=False`): a pointer hash per
+        # record, and the key keeps the resolution alive, so its identity is not reused.
+        self._memo: dict[Resolution, Observation] = {}
         self.records = 0
         for a in items:
             self.add(a)
 
     def add(self, a: Attributed) -> None:
         self.records += 1
-        entry = self._by_resolution.get(id(a.resolution))
-        if entry is not None:
-            entry[1].add(a)
+        res = a.resolution
+        obs = self._memo.get(res) or self._find(res)
+        if obs is not None:
+            obs.add(a)
             return
         conn = a.connection
-        obs = Observation(a, 1, conn.bytes_out + conn.bytes_in, conn.first_seen, conn.last_seen)
-        self._by_resolution[id(a.resolution)] = (a.resolution, obs)
+        self._insert(
+            res, Observation(a, 1, conn.bytes_out + conn.bytes_in, conn.first_seen, conn.last_seen)
+        )
 
     def add_rows(self, rows: Iterable[FlowRow], attributor: Attributor) -> None:
         """The hot loop over flow-file rows (`analysis.FlowRow`): resolve and fold each;
         a `Connection` is built only for a new observation's first (or earliest) row."""
         resolve = attributor.resolve_fields
-        entries = self._by_resolution
+        memo = self._memo
         count = 0
         for row in rows:
             cip, sip, sport, proto, first, last, nbytes, _packets, svc, _cport = row
             res = resolve(cip, sip, sport, proto, first, svc)
             count += 1
-            entry = entries.get(id(res))
-            if entry is None:
-                sample = _sample(row, res)
-                entries[id(res)] = (res, Observation(sample, 1, nbytes, first, last))
+            obs = memo.get(res) or self._find(res)
+            if obs is None:
+                self._insert(res, Observation(_sample(row, res), 1, nbytes, first, last))
                 continue
-            obs = entry[1]
             obs.count += 1
             obs.bytes += nbytes
             if last > obs.last_seen:  # noqa: PLR1730 - a comparison is cheaper than max()
@@ -103,14 +120,10 @@ class Observations:
         cip, sip, sport, proto, first, last, nbytes, _packets, svc, _cport = row
         res = attributor.resolve_fields(cip, sip, sport, proto, first, svc)
         self.records += count
-        entry = self._by_resolution.get(id(res))
-        if entry is None:
-            self._by_resolution[id(res)] = (
-                res,
-                Observation(_sample(row, res), count, nbytes, first, last),
-            )
+        obs = self._memo.get(res) or self._find(res)
+        if obs is None:
+            self._insert(res, Observation(_sample(row, res), count, nbytes, first, last))
             return
-        obs = entry[1]
         obs.count += count
         obs.bytes += nbytes
         obs.last_seen = max(obs.last_seen, last)
@@ -118,18 +131,108 @@ class Observations:
             obs.first_seen = first
             obs.sample = _sample(row, res)
 
+    def retain(self, keep: Callable[[Observation], bool]) -> int:
+        """Drop the observations `keep` rejects; returns how many were dropped.
+
+        A dropped observation's tallies (records, bytes, first and last seen) move to the
+        earliest kept one of the same `group_key` — typically the replacement pods of a
+        workload whose old pods were deleted — so the group's evidence does not restart;
+        with none kept, they are forgotten. `records` still counts every record folded.
+        """
+        kept: dict[_Value, Observation] = {}
+        dropped: list[Observation] = []
+        for key, obs in self._by_value.items():
+            if keep(obs):
+                kept[key] = obs
+            else:
+                dropped.append(obs)
+        if not dropped:
+            return 0
+        heirs: dict[tuple[str, str, int, Protocol, VerdictKind], Observation] = {}
+        for obs in kept.values():
+            heirs.setdefault(group_key(obs), obs)
+        for obs in dropped:
+            heir = heirs.get(group_key(obs))
+            if heir is not None:
+                heir.count += obs.count
+                heir.bytes += obs.bytes
+                heir.first_seen = min(heir.first_seen, obs.first_seen)
+                heir.last_seen = max(heir.last_seen, obs.last_seen)
+        self._by_value = kept
+        self._memo = {}
+        return len(dropped)
+
     def __iter__(self) -> Iterator[Observation]:
-        return (obs for _, obs in self._by_resolution.values())
+        return iter(self._by_value.values())
 
     def __len__(self) -> int:
-        return len(self._by_resolution)
+        return len(self._by_value)
 
     @property
     def window(self) -> tuple[float, float] | None:
         """(earliest first_seen, latest last_seen) over every record, if any."""
-        if not self._by_resolution:
+        if not self._by_value:
             return None
         return (min(o.first_seen for o in self), max(o.last_seen for o in self))
+
+    def _find(self, res: Resolution) -> Observation | None:
+        """The observation of a resolution equal to `res`, remembered for `res` itself."""
+        obs = self._by_value.get(_Value(res))
+        if obs is not None:
+            self._remember(res, obs)
+        return obs
+
+    def _insert(self, res: Resolution, obs: Observation) -> None:
+        self._by_value[_Value(res)] = obs
+        self._remember(res, obs)
+
+    def _remember(self, res: Resolution, obs: Observation) -> None:
+        memo = self._memo
+        if len(memo) >= 2 * len(self._by_value) + _MEMO_SLACK:
+            memo.clear()  # resolutions of rebuilt attributors: found again by value
+        memo[res] = obs
+
+
+class _Value:
+    """A `Resolution` compared by value: every field not derived from the others
+    (`peer_key`s and `service_key` follow from the identities). One slot, no tuple kept:
+    a dict stores its keys' hashes, so `__hash__` runs only when a key is probed or added.
+    """
+
+    __slots__ = ("res",)
+
+    def __init__(self, res: Resolution) -> None:
+        self.res = res
+
+    def _fields(self) -> tuple[object, ...]:
+        r = self.res
+        return (
+            r.client,
+            r.client_ip,
+            r.server,
+            r.server_ip,
+            r.port,
+            r.protocol,
+            r.service,
+            r.verdict,
+            r.decision,
+            r.client_known,
+            r.server_known,
+            r.note,
+        )
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Value) and self._fields() == other._fields()
+
+
+def group_key(obs: Observation) -> tuple[str, str, int, Protocol, VerdictKind]:
+    """(client, server as `labels_of` names them, port, protocol, verdict)."""
+    a = obs.sample
+    client, server = labels_of(a)
+    return (client, server, a.port, a.protocol, a.verdict)
 
 
 def _sample(row: FlowRow, res: Resolution) -> Attributed:

@@ -39,9 +39,8 @@ from netwatch.capture.flowlog import (
     parse_line,
     source_name,
 )
-from netwatch.core.flow import Connection, Orientation
+from netwatch.core.flow import Connection, FlowRow, Orientation
 from netwatch.core.model import Protocol
-from netwatch.core.traffic import FlowRow
 
 _PCAP_MAGICS = (
     b"\xd4\xc3\xb2\xa1",
@@ -283,6 +282,7 @@ class FlowFile:
                                 po + pi,
                                 service_ip,
                                 cport,
+                                orient == "heuristic",
                             )
                 except (ValueError, TypeError, KeyError, StopIteration, UnicodeDecodeError):
                     row = None
@@ -361,6 +361,7 @@ def _conn_row(c: Connection) -> FlowRow:
         c.packets_out + c.packets_in,
         c.service_ip,
         c.client_port,
+        c.orientation is Orientation.HEURISTIC,
     )
 
 

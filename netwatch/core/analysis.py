@@ -33,6 +33,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from netwatch.core.attribution import VERDICT_ORDER, Attributor, Resolution, VerdictKind
+from netwatch.core.flow import FlowRow
 from netwatch.core.flowfindings import (
     ALL_PORTS,
     BROAD_MIN_EXCESS,
@@ -50,7 +51,6 @@ from netwatch.core.model import LoadProblem
 from netwatch.core.traffic import (
     ConnectionGroup,
     EndpointView,
-    FlowRow,
     RuleHit,
     RuleHits,
     Tally,
@@ -125,10 +125,13 @@ class TrafficAnalysis:
 
     def add_rows(self, rows: Iterable[FlowRow]) -> int:
         """The hot loop: resolve and tally every row; returns how many were added."""
-        resolve = self.attributor.resolve_fields
+        resolve, orient = self.attributor.resolve_fields, self.attributor.orient_row
         tallies = self._tallies
         added = 0
-        for cip, sip, sport, proto, first, last, nbytes, npackets, svc, _cport in rows:
+        for row in rows:
+            if row[10]:
+                row = orient(row)  # noqa: PLW2901 - the oriented row replaces the guess
+            cip, sip, sport, proto, first, last, nbytes, npackets, svc, _cport, _ = row
             res = resolve(cip, sip, sport, proto, first, svc)
             t = tallies.get(res)
             if t is None:

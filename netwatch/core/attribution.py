@@ -14,7 +14,7 @@ A `Connection` carries addresses; this module turns it into identities and a ver
 
 `attribute` first re-orients a record whose orientation was only guessed from port
 numbers when the inventory's declared ports say otherwise (`orientation.reorient`); the
-per-row hot loops (`resolve_fields`) take rows as oriented.
+per-row hot loops do the same with `orient_row` before `resolve_fields`.
 
 **Which backend.** A pre-DNAT record does not say which backend kube-proxy picked. When
 the backends belong to several workloads (a canary next to its stable Deployment), the
@@ -56,14 +56,14 @@ from dataclasses import dataclass
 from netwatch.core.backends import Backend, ServiceBackends
 from netwatch.core.cluster import Cluster
 from netwatch.core.engine import IPBlockPodIPs, PolicyEngine, Target, Verdict, parse_ip
-from netwatch.core.flow import Connection, Orientation
+from netwatch.core.flow import Connection, FlowRow, Orientation
 from netwatch.core.identity import Identity, IdentityIndex, IdentityKind
 from netwatch.core.model import (
     POLICY_PROTOCOLS,
     Pod,
     Protocol,
 )
-from netwatch.core.orientation import DeclaredPorts, reorient
+from netwatch.core.orientation import DeclaredPorts, reorient, should_swap
 from netwatch.core.policy import IPAddress, IPBlock, IPNetwork
 from netwatch.core.store import InventoryStore
 
@@ -285,6 +285,17 @@ class Attributor:
             decision=res.decision,
             resolution=res,
         )
+
+    def orient_row(self, row: FlowRow) -> FlowRow:
+        """`row` oriented as `attribute` orients a `Connection`: its ends swapped when its
+        orientation was guessed and the declared ports say the guess is backwards."""
+        cip, sip, sport, proto, first, last, nbytes, npackets, svc, cport, guessed = row
+        if not guessed or svc is not None:
+            return row
+        lookup = self._lookup
+        if should_swap(self._declared, lookup(cip, first), cport, lookup(sip, first), sport, proto):
+            return (sip, cip, cport, proto, first, last, nbytes, npackets, svc, sport, guessed)
+        return row
 
     def resolve(
         self,

@@ -12,6 +12,12 @@ from dataclasses import dataclass
 
 from netwatch.core.model import Protocol
 
+FlowRow = tuple[str, str, int, Protocol, float, float, int, int, str | None, int, bool]
+"""One record's fields as the hot loops read them: (client_ip, server_ip, server_port,
+protocol, first_seen, last_seen, bytes, packets, service_ip, client_port, guessed);
+bytes and packets are both directions added up; `guessed`: the orientation is
+`heuristic` (attribution may swap the ends, `Attributor.orient_row`)."""
+
 
 class Orientation(enum.Enum):
     """How client and server were told apart, best first."""

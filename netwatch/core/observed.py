@@ -93,11 +93,13 @@ class Observations:
     def add_rows(self, rows: Iterable[FlowRow], attributor: Attributor) -> None:
         """The hot loop over flow-file rows (`analysis.FlowRow`): resolve and fold each;
         a `Connection` is built only for a new observation's first (or earliest) row."""
-        resolve = attributor.resolve_fields
+        resolve, orient = attributor.resolve_fields, attributor.orient_row
         memo = self._memo
         count = 0
         for row in rows:
-            cip, sip, sport, proto, first, last, nbytes, _packets, svc, _cport = row
+            if row[10]:
+                row = orient(row)  # noqa: PLW2901 - the oriented row replaces the guess
+            cip, sip, sport, proto, first, last, nbytes, _packets, svc, _cport, _ = row
             res = resolve(cip, sip, sport, proto, first, svc)
             count += 1
             obs = memo.get(res) or self._find(res)
@@ -117,7 +119,8 @@ class Observations:
         """One row standing for `count` records alike (a metric series: `promflows`)."""
         if count <= 0:
             return
-        cip, sip, sport, proto, first, last, nbytes, _packets, svc, _cport = row
+        row = attributor.orient_row(row)
+        cip, sip, sport, proto, first, last, nbytes, _packets, svc, _cport, _ = row
         res = attributor.resolve_fields(cip, sip, sport, proto, first, svc)
         self.records += count
         obs = self._memo.get(res) or self._find(res)
@@ -236,7 +239,7 @@ def group_key(obs: Observation) -> tuple[str, str, int, Protocol, VerdictKind]:
 
 
 def _sample(row: FlowRow, res: Resolution) -> Attributed:
-    cip, sip, sport, proto, first, last, nbytes, packets, svc, cport = row
+    cip, sip, sport, proto, first, last, nbytes, packets, svc, cport, _guessed = row
     conn = Connection(
         client_ip=cip,
         client_port=cport,

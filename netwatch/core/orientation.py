@@ -64,15 +64,26 @@ def reversed_connection(conn: Connection) -> Connection:
     )
 
 
+def should_swap(  # noqa: PLR0917 - the row loops call it with a row's fields
+    declared: DeclaredPorts,
+    client: Identity,
+    client_port: int,
+    server: Identity,
+    server_port: int,
+    protocol: Protocol,
+) -> bool:
+    """Whether a guessed orientation is backwards: only the client end declares its port."""
+    return declared.serves(client, client_port, protocol) and not declared.serves(
+        server, server_port, protocol
+    )
+
+
 def reorient(
     conn: Connection, *, client: Identity, server: Identity, declared: DeclaredPorts
 ) -> Connection:
     """`conn`, or its reversal when only the client end declares its port (module doc)."""
     if conn.orientation is not Orientation.HEURISTIC or conn.service_ip is not None:
         return conn
-    proto = conn.protocol
-    if declared.serves(client, conn.client_port, proto) and not declared.serves(
-        server, conn.server_port, proto
-    ):
+    if should_swap(declared, client, conn.client_port, server, conn.server_port, conn.protocol):
         return reversed_connection(conn)
     return conn

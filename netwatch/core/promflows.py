@@ -22,8 +22,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from netwatch.core.cluster import Cluster
+from netwatch.core.flow import FlowRow
 from netwatch.core.model import Pod, PodPhase, Protocol
-from netwatch.core.traffic import FlowRow
 
 FLOW_LABELS = (
     "src_namespace",
@@ -119,6 +119,6 @@ def edge_rows(
         if server is None:
             out.skip(why, count)
             continue
-        row: FlowRow = (client, server, int(port_label), protocol, at, at, 0, 0, None, 0)
+        row: FlowRow = (client, server, int(port_label), protocol, at, at, 0, 0, None, 0, False)
         out.rows.append(EdgeRow(row, count))
     return out

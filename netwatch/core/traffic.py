@@ -23,12 +23,6 @@ from netwatch.core.engine import RuleRef, SideVerdict, Verdict
 from netwatch.core.identity import Identity, IdentityKind
 from netwatch.core.model import Protocol
 
-FlowRow = tuple[str, str, int, Protocol, float, float, int, int, str | None, int]
-"""One record's fields as the hot loop reads them: (client_ip, server_ip, server_port,
-protocol, first_seen, last_seen, bytes, packets, service_ip, client_port); bytes and
-packets are both directions added up."""
-
-
 # ------------------------------------------------------------------ rule hits
 
 

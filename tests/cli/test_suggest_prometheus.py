@@ -86,7 +86,7 @@ def shop_edges() -> tuple[list[tuple[dict[str, str], float]], int]:
     counts: Counter[tuple[str, ...]] = Counter()
     external = 0
     for row in FlowFile(str(FLOWS), strict=True).rows():
-        cip, sip, sport, proto, first, _last, _b, _p, svc, _c = row
+        cip, sip, sport, proto, first, _last, _b, _p, svc, _c, _g = row
         res = attributor.resolve_fields(cip, sip, sport, proto, first, svc)
         if IdentityKind.EXTERNAL in (res.client.kind, res.server.kind):
             external += 1

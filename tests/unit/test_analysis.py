@@ -81,7 +81,9 @@ def _rows(specs: Sequence[tuple[str, str, int] | tuple[str, str, int, str]]) -> 
         client, server, sport = spec[0], spec[1], spec[2]
         protocol = Protocol(spec[3]) if len(spec) > 3 else Protocol.TCP  # type: ignore[misc]
         first = T0 + 10 * i
-        out.append((client, server, sport, protocol, first, first + 1, 100, 2, None, 40000 + i))
+        out.append(
+            (client, server, sport, protocol, first, first + 1, 100, 2, None, 40000 + i, False)
+        )
     return out
 
 

@@ -65,7 +65,14 @@ def test_rows_sum_both_directions() -> None:
         22,
         None,
         43512,
+        False,
     )
+
+
+def test_rows_say_whether_the_orientation_was_guessed(tmp_path: Path) -> None:
+    guessed = {**GOOD, "orientation": "heuristic"}
+    (row,) = list(FlowFile(str(_write_lines(tmp_path, [json.dumps(guessed)]))).rows())
+    assert row[10] is True
 
 
 _VALUES = st.one_of(

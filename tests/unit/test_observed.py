@@ -38,7 +38,19 @@ def test_rows_and_counted_rows_find_observations_of_attributed_records() -> None
     cluster = shop()
     first, again = Attributor.from_cluster(cluster), Attributor.from_cluster(cluster)
     observed = Observations([first.attribute(conn(CLIENT, API, 8080, at=T0 + 10))])
-    row = (CLIENT, API, 8080, conn(CLIENT, API, 8080).protocol, T0, T0 + 1, 100, 2, None, 40000)
+    row = (
+        CLIENT,
+        API,
+        8080,
+        conn(CLIENT, API, 8080).protocol,
+        T0,
+        T0 + 1,
+        100,
+        2,
+        None,
+        40000,
+        False,
+    )
     observed.add_rows([row], again)
     observed.add_counted(row, Attributor.from_cluster(cluster), 3)
     [obs] = observed

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from netwatch.core.analysis import TrafficAnalysis
 from netwatch.core.flow import Connection, Orientation
 from netwatch.core.model import Protocol
+from netwatch.core.observed import Observations
 from netwatch.core.orientation import DeclaredPorts, reorient, reversed_connection
-from tests.telemetry_builders import API, WEB_1, attributor, conn, shop_cluster
+from tests.telemetry_builders import API, T0, WEB_1, attributor, conn, shop_cluster
 
 # shop/api declares TCP 8080 (`http`); web declares nothing.
 
@@ -58,3 +60,22 @@ def test_a_record_with_its_service_address_is_never_reoriented() -> None:
 def test_reversing_twice_is_the_identity() -> None:
     c = conn(WEB_1, API, 8080, client_port=41000)
     assert reversed_connection(reversed_connection(c)) == c
+
+
+def test_flow_file_rows_are_reoriented_like_the_agents_records() -> None:
+    """`analyze`/`suggest` read rows, the agent Connections: one record, one answer."""
+    guessed = heuristic(API, WEB_1, 9000, 8080)
+    att = attributor()
+    agent_view = att.attribute(guessed)
+    row = (API, WEB_1, 9000, guessed.protocol, T0, T0 + 1, 1100, 5, None, 8080, True)
+    analysis = TrafficAnalysis(att)
+    analysis.add_rows([row])
+    (group,) = analysis.result(static=False).groups
+    assert (group.client.key, group.server.key, group.port) == ("shop/web", "shop/api", 8080)
+    assert agent_view.port == group.port == 8080
+    assert att.orient_row(row)[:3] == (WEB_1, API, 8080)
+    assert att.orient_row((*row[:10], False)) == (*row[:10], False)  # a certain one stays
+    observed = Observations()
+    observed.add_rows([row], att)
+    (obs,) = list(observed)
+    assert (obs.sample.client.name, obs.sample.port) == ("web-6d9f-a", 8080)

@@ -35,7 +35,19 @@ def test_workloads_become_their_first_pod_and_nodes_their_address() -> None:
     [web, scrape] = rows.rows
     assert web.count == 3
     # frontend-7c9d8-aaaaa sorts first; cart has one pod
-    assert web.row == ("10.244.1.10", "10.244.1.20", 8080, Protocol.TCP, AT, AT, 0, 0, None, 0)
+    assert web.row == (
+        "10.244.1.10",
+        "10.244.1.20",
+        8080,
+        Protocol.TCP,
+        AT,
+        AT,
+        0,
+        0,
+        None,
+        0,
+        False,
+    )
     assert scrape.count == 1
     assert scrape.row[:3] == ("10.244.2.40", "192.168.56.12", 9100)
 

@@ -14,7 +14,7 @@ import pytest
 
 from netwatch.core.attribution import Attributor
 from netwatch.core.cluster import NAMESPACE_NAME_LABEL, Cluster
-from netwatch.core.flow import Connection
+from netwatch.core.flow import Connection, Orientation
 from netwatch.core.model import (
     ContainerPort,
     Direction,
@@ -716,6 +716,7 @@ def test_flow_rows_fold_like_attributed_connections() -> None:
             c.packets_out + c.packets_in,
             c.service_ip,
             c.client_port,
+            c.orientation is Orientation.HEURISTIC,
         )
         for c in conns
     ]

@@ -96,7 +96,8 @@ def flows_to_port(text: str) -> float:
 
 
 def rss_mib(pid: int, field: str) -> float:
-    """`VmRSS` (now) or `VmHWM` (peak, which includes bcc's LLVM compile at start)."""
+    """`VmRSS` (now), `VmHWM` (peak, with bcc's LLVM compile at start), `RssAnon` (the
+    process's own memory) or `RssFile` (mapped files: mostly libLLVM's shared text)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
@@ -131,6 +132,7 @@ def run_once(
             cpu = (cpu_seconds(agent.pid) - cpu0) / (time.monotonic() - t0)
             counted = flows_to_port(scrape(node.netns))
             rss, peak = rss_mib(agent.pid, "VmRSS"), rss_mib(agent.pid, "VmHWM")
+            anon, shared = rss_mib(agent.pid, "RssAnon"), rss_mib(agent.pid, "RssFile")
         finally:
             if agent.poll() is None:
                 agent.send_signal(signal.SIGTERM)
@@ -149,6 +151,8 @@ def run_once(
         "agent_cpu_fraction_of_a_core": round(cpu, 4),
         "agent_rss_mib_after_traffic": round(rss, 1),
         "agent_peak_rss_mib": round(peak, 1),
+        "agent_rss_anon_mib": round(anon, 1),
+        "agent_rss_file_mib": round(shared, 1),
     }
 
 
@@ -171,6 +175,8 @@ def main() -> int:
                 f"  counted {result['flows_counted']:>6}  exact {result['exact']!s:5}"
                 f"  cpu {100 * result['agent_cpu_fraction_of_a_core']:5.1f}% of a core"
                 f"  RSS {result['agent_rss_mib_after_traffic']:6.1f} MiB"
+                f" = anon {result['agent_rss_anon_mib']:.1f}"
+                f" + file {result['agent_rss_file_mib']:.1f}"
                 f" (peak {result['agent_peak_rss_mib']:.1f}, with the compile)",
                 flush=True,
             )

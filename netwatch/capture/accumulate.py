@@ -17,26 +17,12 @@ from netwatch.core.flow import Connection, Orientation
 _RANK = {Orientation.SYN: 0, Orientation.SOCKET: 1, Orientation.HEURISTIC: 2}
 
 
-def _flip(conn: Connection) -> Connection:
-    return replace(
-        conn,
-        client_ip=conn.server_ip,
-        client_port=conn.server_port,
-        server_ip=conn.client_ip,
-        server_port=conn.client_port,
-        packets_out=conn.packets_in,
-        bytes_out=conn.bytes_in,
-        packets_in=conn.packets_out,
-        bytes_in=conn.bytes_out,
-    )
-
-
 def merge(a: Connection, b: Connection) -> Connection:
     """One record for two deltas of the same conversation."""
     if _RANK[b.orientation] < _RANK[a.orientation]:
         a, b = b, a
     if (b.client_ip, b.client_port) != (a.client_ip, a.client_port):
-        b = _flip(b)
+        b = b.reversed()
     return replace(
         a,
         first_seen=min(a.first_seen, b.first_seen),

@@ -141,6 +141,18 @@ class CaptureStats:
         return asdict(self)
 
 
+def _return_compiler_memory() -> None:
+    """Give the heap bcc's clang/LLVM compile left behind back to the kernel.
+
+    The compile peaks at ~75 MiB of anonymous memory that glibc keeps in its arenas after
+    LLVM frees it; `malloc_trim(0)` returns ~37 MiB of it (measured: RssAnon 78 → 40 MiB
+    on this machine). What remains in RSS is mostly libLLVM's file-backed text pages
+    (~90 MiB RssFile: shared and reclaimable). Not glibc: nothing to do.
+    """
+    with contextlib.suppress(OSError, AttributeError):  # musl and friends: no malloc_trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 class EbpfSource:
     """`FlowSource` over the TC programs of one network namespace (the node's)."""
 
@@ -221,6 +233,7 @@ class EbpfSource:
             egress = self._bpf.load_func("nw_egress", BPF.SCHED_CLS)
         except Exception as exc:
             raise CaptureSetupError(f"cannot compile/load the capture program: {exc}") from exc
+        _return_compiler_memory()
         self._fds = (ingress.fd, egress.fd)
         self._prog_names = (ingress.name, egress.name)
         flows = self._bpf["flows"]

@@ -16,7 +16,6 @@ there too.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import json
 import logging
 import signal
@@ -32,6 +31,7 @@ from typing import Any, TextIO
 import click
 from pyroute2 import IPRoute
 
+from netwatch.agent.pods import ClusterPods
 from netwatch.capture.accumulate import Accumulator
 from netwatch.capture.attach import AttachError, LinkSelector, enter_netns, list_links
 from netwatch.capture.base import FlowSource
@@ -51,30 +51,16 @@ def _say(message: str) -> None:
 
 def cluster_pod_predicate(
     pod_cidrs: Sequence[str], cluster_paths: Sequence[str]
-) -> Callable[[str], bool] | None:
-    """Which IPs are cluster pods (the counted-once rule): CIDRs and snapshot pod IPs."""
-    networks = []
-    for text in pod_cidrs:
-        try:
-            networks.append(ipaddress.ip_network(text, strict=False))
-        except ValueError:
-            raise BadInput(f"--pod-cidr {text!r}: not a CIDR") from None
-    ips: set[str] = set()
+) -> Callable[[str], bool]:
+    """Which IPs are cluster pods (the counted-once rule): the agent's `ClusterPods`
+    (`--pod-cidr`, the snapshot's pod IPs and node podCIDRs), fixed at start."""
+    try:
+        pods = ClusterPods(pod_cidrs)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
     if cluster_paths:
-        cluster = load(cluster_paths, strict=False).cluster
-        for pod in cluster.pods:
-            if not pod.host_network:
-                ips.update(str(ipaddress.ip_address(ip)) for ip in pod.ips)
-    if not networks and not ips:
-        return None
-
-    def is_pod(ip: str) -> bool:
-        if ip in ips:
-            return True
-        addr = ipaddress.ip_address(ip)
-        return any(addr in net for net in networks)
-
-    return is_pod
+        pods.update(load(cluster_paths, strict=False).cluster)
+    return pods
 
 
 def _open_sniff(patterns: Sequence[str], node: str | None) -> FlowSource:

@@ -8,7 +8,7 @@ and how it was decided — travels with the record.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from netwatch.core.model import Protocol
 
@@ -53,6 +53,20 @@ class Connection:
     service_ip: str | None = None
     """Pre-DNAT destination when the observer saw a Service ClusterIP (DESIGN §2)."""
     service_port: int | None = None
+
+    def reversed(self) -> Connection:
+        """The same record seen from the other end: endpoints and directions swapped."""
+        return replace(
+            self,
+            client_ip=self.server_ip,
+            client_port=self.server_port,
+            server_ip=self.client_ip,
+            server_port=self.client_port,
+            packets_out=self.packets_in,
+            bytes_out=self.bytes_in,
+            packets_in=self.packets_out,
+            bytes_in=self.bytes_out,
+        )
 
     @property
     def five_tuple(self) -> tuple[str, int, str, int, Protocol]:

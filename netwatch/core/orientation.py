@@ -14,8 +14,6 @@ declares its port and the server end does not declare its own; nothing else is c
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from netwatch.core.cluster import Cluster
 from netwatch.core.flow import Connection, Orientation
 from netwatch.core.identity import Identity, IdentityKind
@@ -49,21 +47,6 @@ class DeclaredPorts:
         return declared is not None and (port, protocol) in declared
 
 
-def reversed_connection(conn: Connection) -> Connection:
-    """The same record seen from the other end: endpoints and directions swapped."""
-    return replace(
-        conn,
-        client_ip=conn.server_ip,
-        client_port=conn.server_port,
-        server_ip=conn.client_ip,
-        server_port=conn.client_port,
-        packets_out=conn.packets_in,
-        bytes_out=conn.bytes_in,
-        packets_in=conn.packets_out,
-        bytes_in=conn.bytes_out,
-    )
-
-
 def should_swap(  # noqa: PLR0917 - the row loops call it with a row's fields
     declared: DeclaredPorts,
     client: Identity,
@@ -85,5 +68,5 @@ def reorient(
     if conn.orientation is not Orientation.HEURISTIC or conn.service_ip is not None:
         return conn
     if should_swap(declared, client, conn.client_port, server, conn.server_port, conn.protocol):
-        return reversed_connection(conn)
+        return conn.reversed()
     return conn

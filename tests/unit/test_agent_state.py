@@ -11,6 +11,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -121,15 +122,21 @@ def totals(agent: Agent) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
     return {name: samples(agent, name) for name in names}
 
 
-def test_counters_continue_across_a_crash_without_loss_or_double_counting(
-    tmp_path: Path,
-) -> None:
-    clock = Clock()
-    reference = start_agent(tmp_path / "ref", ReplaySource.from_batches(BATCHES), clock)
+def uninterrupted_totals(tmp_path: Path, clock: Clock) -> dict[str, Any]:
+    """What an agent that never stopped shows after every batch: the reference."""
+    reference = start_agent(tmp_path, ReplaySource.from_batches(BATCHES), clock)
     for _ in BATCHES[1:]:
         reference.step()
     want = totals(reference)
     reference.shutdown()
+    return want
+
+
+def test_counters_continue_across_a_crash_without_loss_or_double_counting(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    want = uninterrupted_totals(tmp_path / "ref", clock)
 
     first = start_agent(tmp_path, ReplaySource.from_batches(BATCHES[:2]), clock)
     first.step()
@@ -149,11 +156,7 @@ def test_counters_continue_across_a_crash_without_loss_or_double_counting(
 
 def test_what_was_drained_but_not_checkpointed_is_replayed_once(tmp_path: Path) -> None:
     clock = Clock()
-    reference = start_agent(tmp_path / "ref", ReplaySource.from_batches(BATCHES), clock)
-    for _ in BATCHES[1:]:
-        reference.step()
-    want = totals(reference)
-    reference.shutdown()
+    want = uninterrupted_totals(tmp_path / "ref", clock)
 
     drained: list[int] = []
     first_source = ScriptedJournal(BATCHES, drained)

@@ -8,7 +8,7 @@ from netwatch.core.analysis import TrafficAnalysis
 from netwatch.core.flow import Connection, Orientation
 from netwatch.core.model import Protocol
 from netwatch.core.observed import Observations
-from netwatch.core.orientation import DeclaredPorts, reorient, reversed_connection
+from netwatch.core.orientation import DeclaredPorts, reorient
 from tests.telemetry_builders import API, T0, WEB_1, attributor, conn, shop_cluster
 
 # shop/api declares TCP 8080 (`http`); web declares nothing.
@@ -59,7 +59,8 @@ def test_a_record_with_its_service_address_is_never_reoriented() -> None:
 
 def test_reversing_twice_is_the_identity() -> None:
     c = conn(WEB_1, API, 8080, client_port=41000)
-    assert reversed_connection(reversed_connection(c)) == c
+    assert c.reversed().reversed() == c
+    assert c.reversed().five_tuple == (API, 8080, WEB_1, 41000, c.protocol)
 
 
 def test_flow_file_rows_are_reoriented_like_the_agents_records() -> None:

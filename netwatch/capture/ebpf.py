@@ -141,16 +141,38 @@ class CaptureStats:
         return asdict(self)
 
 
-def _return_compiler_memory() -> None:
-    """Give the heap bcc's clang/LLVM compile left behind back to the kernel.
+_COMPILER_LIBRARIES = ("libbcc", "LLVM", "clang")
+_MADV_PAGEOUT = 21  # Linux >= 5.4; older kernels answer EINVAL, and nothing changes
 
-    The compile peaks at ~75 MiB of anonymous memory that glibc keeps in its arenas after
-    LLVM frees it; `malloc_trim(0)` returns ~37 MiB of it (measured: RssAnon 78 → 40 MiB
-    on this machine). What remains in RSS is mostly libLLVM's file-backed text pages
-    (~90 MiB RssFile: shared and reclaimable). Not glibc: nothing to do.
+
+def _return_compiler_memory(maps: Path = Path("/proc/self/maps")) -> None:
+    """Give back what bcc's clang/LLVM compile left resident, once the programs are loaded.
+
+    Two parts, both measured on this machine right after setup: (1) the compile's heap,
+    which glibc keeps in its arenas after LLVM frees it — `malloc_trim(0)` returns about
+    37 MiB (RssAnon 78 → 40 MiB); (2) the compiler's code, ~90 MiB of libbcc/LLVM/clang
+    text pages touched once by the compile — `madvise(MADV_PAGEOUT)` on those read-only
+    file mappings drops them (RssFile 91 → 15 MiB; VmRSS 132 → 55 MiB). Clean file pages
+    only: writable mappings are left alone (nothing goes to swap), and a page needed
+    again later is simply read back. Not glibc, or an older kernel: nothing happens.
     """
     with contextlib.suppress(OSError, AttributeError):  # musl and friends: no malloc_trim
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        madvise = libc.madvise
+        lines = maps.read_text().splitlines()
+    except (OSError, AttributeError):
+        return
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 6 or "w" in fields[1]:
+            continue
+        if not any(name in fields[5] for name in _COMPILER_LIBRARIES):
+            continue
+        low, high = (int(x, 16) for x in fields[0].split("-"))
+        madvise(low, high - low, _MADV_PAGEOUT)
 
 
 class EbpfSource:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
@@ -33,13 +33,13 @@ from netwatch.cli.analyze import (
     report_input_problems,
 )
 from netwatch.cli.common import BadInput, stderr_console, stdout_console
-from netwatch.cli.inventory import parse_time
+from netwatch.cli.inventory import parse_named_cidrs, parse_time
 from netwatch.cli.prometheus import instant_query
 from netwatch.core.attribution import Attributor
 from netwatch.core.cidr import DEFAULT_BUDGET
 from netwatch.core.observed import Observations, group_flows, labels_of
 from netwatch.core.promflows import FLOW_LABELS, edge_rows
-from netwatch.core.suggest import Suggestion, SuggestMode, SuggestOptions, suggest
+from netwatch.core.suggest import StandIn, Suggestion, SuggestMode, SuggestOptions, suggest
 from netwatch.core.verify import Verification, check_policies
 from netwatch.k8s.snapshot import LoadResult
 from netwatch.render.output import OutputFormat, emit
@@ -78,6 +78,8 @@ class Observed:
     flows: FlowFile | None
     """None when the observations came from Prometheus."""
     pod_cidrs: tuple[str, ...]
+    stand_ins: dict[str, StandIn] = field(default_factory=dict)
+    """Representative addresses of external ends known only by label (`--prometheus`)."""
 
 
 def observe(inputs: FlowArgs) -> Observed:
@@ -120,7 +122,13 @@ def observe_prometheus(inputs: FlowArgs, url: str, window: str) -> Observed:
     loaded, attributor = prepare_cluster(inputs)
     at, samples = instant_query(url, flows_query(seconds), at=until)
     when = at if at is not None else (until or 0.0)
-    edges = edge_rows(samples, loaded.cluster, at=when)
+    edges = edge_rows(
+        samples,
+        loaded.cluster,
+        at=when,
+        named_cidrs=parse_named_cidrs(inputs.cidrs),
+        pod_cidrs=inputs.pod_cidrs,
+    )
     observations = Observations()
     for edge in edges.rows:
         observations.add_counted(edge.row, attributor, edge.count)
@@ -136,7 +144,7 @@ def observe_prometheus(inputs: FlowArgs, url: str, window: str) -> Observed:
         f"over {window} from Prometheus at {url}",
         highlight=False,
     )
-    return Observed(loaded, attributor, observations, None, inputs.pod_cidrs)
+    return Observed(loaded, attributor, observations, None, inputs.pod_cidrs, edges.stand_ins)
 
 
 def _write_out(out_dir: str, s: Suggestion) -> None:
@@ -288,7 +296,9 @@ def suggest_command(
         run = observe_prometheus(inputs, prometheus_url, window)
     else:
         run = observe(inputs)
-    result = suggest(run.observations, engine=run.attributor.engine, options=options)
+    result = suggest(
+        run.observations, engine=run.attributor.engine, options=options, stand_ins=run.stand_ins
+    )
     verification = check_policies(
         run.observations,
         attributor=run.attributor,

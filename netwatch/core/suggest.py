@@ -30,23 +30,32 @@ Which selector means a workload is `selection`'s answer; peers, ports and names 
 spelled by `rulebits`; external and node peers become
 ipBlocks aggregated by `cidr` (IPs grouped by the exact set of ports they used, at most
 `max_cidrs` CIDRs per rule). Rules are ordered: workload peers by namespace/name, DNS,
-then ipBlock rules by address. Pure: no I/O, no clock (the window end is the newest
-`last_seen`).
+then ipBlock rules by address, then stand-in ranges.
+
+**Stand-ins.** An external end known only by its label (`suggest --prometheus`: metrics
+carry no addresses) reaches `suggest` at a representative address listed in
+`stand_ins`; its rules admit the whole range the label stands for — a named CIDR, or for
+`world` `0.0.0.0/0` (and `::/0` in a cluster with IPv6) — except the cluster's own
+ranges (`cluster_ranges`, the same ones aggregation keeps out), and each such rule is
+flagged: a warning, and a `review` note in its evidence. Pure: no I/O, no clock (the
+window end is the newest `last_seen`).
 """
 
 from __future__ import annotations
 
 import enum
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from netwatch.core.attribution import Attributed, VerdictKind, peer_key
 from netwatch.core.cidr import DEFAULT_BUDGET, Aggregate, aggregate
+from netwatch.core.cluster import Cluster
 from netwatch.core.engine import PolicyEngine
 from netwatch.core.identity import Identity, IdentityKind
 from netwatch.core.model import POLICY_PROTOCOLS, Direction, Pod, Workload
 from netwatch.core.observed import Observation, Observations
-from netwatch.core.policy import IPNetwork, NetworkPolicy, Peer, PortSpec, Rule
+from netwatch.core.policy import IPBlock, IPNetwork, NetworkPolicy, Peer, PortSpec, Rule
 from netwatch.core.rulebits import (
     NAME_SUFFIX,
     Evidence,
@@ -65,6 +74,11 @@ from netwatch.core.selectors import LabelSelector
 DEFAULT_QUIET_PERIOD = 24 * 3600.0
 WIDE_AGGREGATE = 1 << 16
 """Unobserved addresses an aggregated ipBlock rule may admit before a warning says so."""
+ANY_ADDRESS: tuple[IPNetwork, IPNetwork] = (
+    ipaddress.ip_network("0.0.0.0/0"),
+    ipaddress.ip_network("::/0"),
+)
+NARROW_HINT = "narrow it with the node agents' /api/suggestions or `netwatch suggest --flows`"
 
 
 class SuggestMode(enum.Enum):
@@ -83,6 +97,18 @@ class PeerKind(enum.Enum):
     WORKLOAD = "workload"
     DNS = "dns"
     ADDRESSES = "addresses"
+    RANGE = "range"
+    """A stand-in's whole range (module doc)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StandIn:
+    """An external end known only by its label, at a representative address (module doc)."""
+
+    label: str
+    """`world` or a named CIDR's name."""
+    cidr: IPNetwork | None = None
+    """The named CIDR; None for `world`: any address outside the cluster."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +130,8 @@ class RuleEvidence:
     evidence: Evidence
     addresses: Aggregate | None = None
     """For ipBlock rules: what the aggregation admits beyond the observed addresses."""
+    review: str | None = None
+    """Why a reviewer should narrow the rule (stand-in ranges: no address was observed)."""
 
 
 @dataclass(frozen=True)
@@ -147,11 +175,12 @@ class _Side:
 
     workloads: dict[Workload, _Acc] = field(default_factory=dict)
     addresses: dict[str, _Acc] = field(default_factory=dict)
+    ranges: dict[StandIn, _Acc] = field(default_factory=dict)
     dns: Tally | None = None
 
     @property
     def empty(self) -> bool:
-        return not self.workloads and not self.addresses and self.dns is None
+        return not self.workloads and not self.addresses and not self.ranges and self.dns is None
 
 
 def suggest(
@@ -159,13 +188,38 @@ def suggest(
     *,
     engine: PolicyEngine,
     options: SuggestOptions = SuggestOptions(),
+    stand_ins: Mapping[str, StandIn] | None = None,
 ) -> Suggestion:
-    """Suggest policies for `observed`, judged by `engine` (see the module doc)."""
-    return _Builder(engine, options).run(observed)
+    """Suggest policies for `observed`, judged by `engine` (see the module doc);
+    `stand_ins` maps representative addresses to the external ranges they stand for."""
+    return _Builder(engine, options, stand_ins or {}).run(observed)
+
+
+def cluster_ranges(cluster: Cluster) -> list[IPNetwork]:
+    """The nodes' podCIDRs: never admitted by an external ipBlock (`except` entries)."""
+    out: list[IPNetwork] = []
+    for node in cluster.nodes:
+        for text in node.pod_cidrs:
+            try:
+                out.append(ipaddress.ip_network(text, strict=False))
+            except ValueError:
+                continue
+    return out
+
+
+def strictly_inside(inner: IPNetwork, outer: IPNetwork) -> bool:
+    """Whether `inner` is a proper subnet of `outer` (an `except` entry must be)."""
+    return (
+        inner.version == outer.version
+        and inner.prefixlen > outer.prefixlen
+        and inner.network_address in outer
+    )
 
 
 class _Builder:
-    def __init__(self, engine: PolicyEngine, options: SuggestOptions) -> None:
+    def __init__(
+        self, engine: PolicyEngine, options: SuggestOptions, stand_ins: Mapping[str, StandIn]
+    ) -> None:
         self.engine = engine
         self.cluster = cluster = engine.cluster
         self.options = options
@@ -176,13 +230,11 @@ class _Builder:
         self.warnings: dict[str, None] = {}
         self.skipped: dict[str, int] = {}
         self.dns = find_dns(engine)
-        self.exclude: list[IPNetwork] = []
-        for node in cluster.nodes:
-            for text in node.pod_cidrs:
-                try:
-                    self.exclude.append(ipaddress.ip_network(text, strict=False))
-                except ValueError:
-                    continue
+        self.exclude = cluster_ranges(cluster)
+        self.stand_ins = stand_ins
+        self.ipv6 = any(n.version == 6 for n in self.exclude) or any(
+            ":" in ip for pod in cluster.pods for ip in pod.ips
+        )
 
     # ------------------------------------------------------------------ intake
 
@@ -261,8 +313,11 @@ class _Builder:
                 side.dns = Tally()
             side.dns.add(obs)
             return
+        stand_in = self.stand_ins.get(other_ip)
         if other.kind is IdentityKind.POD and other.workload is not None:
             acc = side.workloads.setdefault(other.workload, _Acc())
+        elif other.kind is IdentityKind.EXTERNAL and stand_in is not None:
+            acc = side.ranges.setdefault(stand_in, _Acc())
         else:
             acc = side.addresses.setdefault(other_ip, _Acc())
         acc.ports.add(self._port_key(a))
@@ -354,11 +409,16 @@ class _Builder:
         rules: list[Rule] = []
         evidence: list[RuleEvidence] = []
 
-        def add(rule: Rule, kind: PeerKind, acc: _Acc, agg: Aggregate | None = None) -> None:
+        def add(
+            rule: Rule,
+            kind: PeerKind,
+            acc: _Acc,
+            agg: Aggregate | None = None,
+            review: str | None = None,
+        ) -> None:
+            labels = tuple(sorted(acc.labels))
             evidence.append(
-                RuleEvidence(
-                    direction, len(rules), kind, tuple(sorted(acc.labels)), acc.tally.evidence, agg
-                )
+                RuleEvidence(direction, len(rules), kind, labels, acc.tally.evidence, agg, review)
             )
             rules.append(rule)
 
@@ -384,7 +444,33 @@ class _Builder:
         for acc, agg in self._address_groups(workload, direction, side):
             peers = tuple(Peer(ip_block=b) for b in agg.blocks)
             add(Rule(peers=peers, ports=merge_ports(acc.ports)), PeerKind.ADDRESSES, acc, agg)
+        for stand_in in sorted(side.ranges, key=_stand_in_sort_key):
+            acc = side.ranges[stand_in]
+            ports = merge_ports(acc.ports)
+            peers = tuple(Peer(ip_block=b) for b in self._range_blocks(stand_in))
+            admits = _range_admits(stand_in)
+            way = "to" if direction is Direction.EGRESS else "from"
+            self._warn(
+                f"{workload.key} {direction.value} {way} {stand_in.label} on "
+                f"{', '.join(p.describe() for p in ports)}: metrics carry no addresses — "
+                f"this admits {admits}; {NARROW_HINT}"
+            )
+            review = f"from metrics, which carry no addresses: admits {admits}"
+            add(Rule(peers=peers, ports=ports), PeerKind.RANGE, acc, review=review)
         return tuple(rules), evidence
+
+    def _range_blocks(self, stand_in: StandIn) -> list[IPBlock]:
+        """The stand-in's range(s) minus the cluster ranges inside them (module doc)."""
+        if stand_in.cidr is not None:
+            nets: tuple[IPNetwork, ...] = (stand_in.cidr,)
+        else:
+            nets = ANY_ADDRESS if self.ipv6 else ANY_ADDRESS[:1]
+        blocks = []
+        for net in nets:
+            inside = {ex for ex in self.exclude if strictly_inside(ex, net)}
+            excepts = sorted(inside, key=lambda ex: (int(ex.network_address), ex.prefixlen))
+            blocks.append(IPBlock(net, tuple(excepts)))
+        return blocks
 
     def _address_groups(
         self, workload: Workload, direction: Direction, side: _Side
@@ -450,6 +536,19 @@ class _Builder:
             stability = Stability.STABLE if stable else Stability.LEARNING
             out.append(SuggestedPolicy(policy, workload, evidence, stability, tuple(rules)))
         return sorted(out, key=lambda s: (s.policy.namespace, s.policy.name))
+
+
+def _stand_in_sort_key(s: StandIn) -> tuple[bool, int, int, int, str]:
+    """Named CIDRs by address, then `world`."""
+    if s.cidr is None:
+        return (True, 0, 0, 0, s.label)
+    return (False, s.cidr.version, int(s.cidr.network_address), s.cidr.prefixlen, s.label)
+
+
+def _range_admits(s: StandIn) -> str:
+    if s.cidr is None:
+        return "any external address"
+    return f"any address in {s.label} ({s.cidr.compressed})"
 
 
 def _same_pod(a: Identity, b: Identity) -> bool:

@@ -11,8 +11,10 @@ strings, times RFC 3339 in UTC to the second):
 - `netwatch.io/rule-evidence` — per-rule evidence (the API has no per-rule annotations):
   compact JSON, a list in rule order, ingress rules first, each
   `{"direction", "rule", "peers", "connections", "first_seen", "last_seen"}` plus, for
-  ipBlock rules, `"observed_addresses"` and `"admitted_addresses"`. `rule` is the index in
-  the policy's `ingress`/`egress` list.
+  ipBlock rules, `"observed_addresses"` and `"admitted_addresses"`, and for rules a
+  reviewer should narrow (`suggest --prometheus`: a whole external range, since metrics
+  carry no addresses) `"review"`, the reason. `rule` is the index in the policy's
+  `ingress`/`egress` list.
 
 Every suggested policy also carries the label `netwatch.io/suggested: "true"`.
 """
@@ -60,6 +62,8 @@ def _rule_evidence(r: RuleEvidence) -> dict[str, Any]:
     if r.addresses is not None:
         out["observed_addresses"] = r.addresses.observed
         out["admitted_addresses"] = r.addresses.admitted
+    if r.review is not None:
+        out["review"] = r.review
     return out
 
 

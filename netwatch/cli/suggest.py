@@ -287,6 +287,7 @@ def suggest_command(
         include_denied=include_denied,
         quiet_period=parse_duration(quiet_period, "--quiet-period"),
         max_cidrs=max_cidrs,
+        pod_cidrs=inputs.pod_cidrs,
     )
     if prometheus_url is not None and inputs.flows_path is not None:
         raise BadInput("--flows and --prometheus are mutually exclusive")

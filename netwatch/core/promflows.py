@@ -93,10 +93,7 @@ class _Endpoints:
         self._named = {
             name: ipaddress.ip_network(text, strict=False) for name, text in named_cidrs.items()
         }
-        self._cluster_nets = [
-            *cluster_ranges(cluster),
-            *(ipaddress.ip_network(text, strict=False) for text in pod_cidrs),
-        ]
+        self._cluster_nets = cluster_ranges(cluster, extra=pod_cidrs)
         self._taken: set[IPAddress] = {
             ipaddress.ip_address(ip)
             for ip in (

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from netwatch.core.attribution import Attributed, VerdictKind, peer_key
@@ -117,6 +117,9 @@ class SuggestOptions:
     include_denied: bool = False
     quiet_period: float = DEFAULT_QUIET_PERIOD
     max_cidrs: int = DEFAULT_BUDGET
+    pod_cidrs: tuple[str, ...] = ()
+    """Cluster pod ranges besides the nodes' podCIDRs (`--pod-cidr`: CNIs with their own
+    IPAM): never aggregated into, and excepted from, external ipBlocks."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,16 +198,16 @@ def suggest(
     return _Builder(engine, options, stand_ins or {}).run(observed)
 
 
-def cluster_ranges(cluster: Cluster) -> list[IPNetwork]:
-    """The nodes' podCIDRs: never admitted by an external ipBlock (`except` entries)."""
-    out: list[IPNetwork] = []
-    for node in cluster.nodes:
-        for text in node.pod_cidrs:
-            try:
-                out.append(ipaddress.ip_network(text, strict=False))
-            except ValueError:
-                continue
-    return out
+def cluster_ranges(cluster: Cluster, *, extra: Iterable[str] = ()) -> list[IPNetwork]:
+    """The nodes' podCIDRs and `extra` pod ranges (`--pod-cidr`), without repeats: never
+    admitted by an external ipBlock (`except` entries)."""
+    out: dict[IPNetwork, None] = {}
+    for text in [*(c for node in cluster.nodes for c in node.pod_cidrs), *extra]:
+        try:
+            out[ipaddress.ip_network(text, strict=False)] = None
+        except ValueError:
+            continue  # reported where the snapshot or the flag was read
+    return list(out)
 
 
 def strictly_inside(inner: IPNetwork, outer: IPNetwork) -> bool:
@@ -230,7 +233,7 @@ class _Builder:
         self.warnings: dict[str, None] = {}
         self.skipped: dict[str, int] = {}
         self.dns = find_dns(engine)
-        self.exclude = cluster_ranges(cluster)
+        self.exclude = cluster_ranges(cluster, extra=options.pod_cidrs)
         self.stand_ins = stand_ins
         self.ipv6 = any(n.version == 6 for n in self.exclude) or any(
             ":" in ip for pod in cluster.pods for ip in pod.ips

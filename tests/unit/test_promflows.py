@@ -17,7 +17,7 @@ from netwatch.core.model import Direction, Protocol
 from netwatch.core.observed import Observations
 from netwatch.core.policy import IPBlock, Peer, PortSpec, Rule
 from netwatch.core.promflows import FLOW_LABELS, edge_rows
-from netwatch.core.suggest import PeerKind, StandIn, suggest
+from netwatch.core.suggest import PeerKind, StandIn, SuggestOptions, suggest
 from netwatch.core.verify import check_policies
 from netwatch.k8s.snapshot import load_cluster
 
@@ -127,15 +127,23 @@ def test_external_ends_stand_in_at_an_address_the_attributor_names_alike(
 
 
 def suggested_from(
-    cluster: Cluster, edges: list[tuple[dict[str, str], float]], named: Mapping[str, str]
+    cluster: Cluster,
+    edges: list[tuple[dict[str, str], float]],
+    named: Mapping[str, str],
+    pod_cidrs: tuple[str, ...] = (),
 ) -> tuple[dict[str, list[Rule]], list[str], list[str | None], bool]:
     """(rules per policy and direction, warnings, review notes, verification ok)."""
-    rows = edge_rows(edges, cluster, at=AT, named_cidrs=named)
-    attributor = Attributor.from_cluster(cluster, named_cidrs=named)
+    rows = edge_rows(edges, cluster, at=AT, named_cidrs=named, pod_cidrs=pod_cidrs)
+    attributor = Attributor.from_cluster(cluster, named_cidrs=named, pod_cidrs=pod_cidrs)
     observed = Observations()
     for edge in rows.rows:
         observed.add_counted(edge.row, attributor, edge.count)
-    result = suggest(observed, engine=attributor.engine, stand_ins=rows.stand_ins)
+    result = suggest(
+        observed,
+        engine=attributor.engine,
+        stand_ins=rows.stand_ins,
+        options=SuggestOptions(pod_cidrs=pod_cidrs),
+    )
     rules: dict[str, list[Rule]] = {}
     reviews: list[str | None] = []
     for s in result.policies:
@@ -182,6 +190,20 @@ def test_world_admits_any_address_outside_the_cluster_on_the_observed_port() -> 
     ) in warnings
     assert any(w.startswith("shop/frontend ingress from world on TCP/http: ") for w in warnings)
     assert reviews == ["from metrics, which carry no addresses: admits any external address"] * 2
+
+
+def test_world_also_excepts_the_pod_ranges_given_with_pod_cidr() -> None:
+    """A CNI with its own IPAM leaves node podCIDRs empty: `--pod-cidr` names the range."""
+    cluster = load_cluster([CLUSTER]).cluster
+    rules, _, _, ok = suggested_from(
+        cluster,
+        [(series(("shop", "cart"), ("", "world"), "443"), 2.0)],
+        {},
+        pod_cidrs=("10.250.0.0/16", "10.244.1.0/24"),  # the second repeats a node's
+    )
+    assert ok
+    (peer,) = rules["cart-netwatch egress"][-1].peers
+    assert peer.ip_block == IPBlock(net("0.0.0.0/0"), (*POD_RANGES, net("10.250.0.0/16")))
 
 
 def test_a_named_cidr_is_admitted_as_given_minus_the_cluster_ranges_inside_it() -> None:

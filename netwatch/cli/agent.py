@@ -49,6 +49,7 @@ def _open_flows(
     pods: ClusterPods,
     persist: bool,
     journal_dir: Path | None,
+    map_size: int,
 ) -> tuple[FlowSource, str]:
     if backend == "replay":
         if not flows_path:
@@ -65,7 +66,7 @@ def _open_flows(
         raise BadInput("--flows is only for --backend replay")
     options = _ebpf_options(
         interfaces=interfaces,
-        map_size=65536,
+        map_size=map_size,
         pin_dir=None,
         persist=persist,
         reset=False,
@@ -176,6 +177,16 @@ def _server_config(
 @click.option("--netns", default=None, help="Capture in this network namespace (a lab node).")
 @click.option("--persist", is_flag=True, help="eBPF: keep programs and maps across restarts.")
 @click.option(
+    "--map-size",
+    envvar="NETWATCH_MAP_SIZE",
+    type=click.IntRange(min=16),
+    default=65536,
+    show_default=True,
+    help="eBPF: entries of the in-kernel flow map, emptied every 250 ms; size it above "
+    "2 x (connections active in 250 ms) — a connection between two pods of the node "
+    "takes an entry per veth. Overflow shows in netwatch_capture_lost_total.",
+)
+@click.option(
     "--state-dir",
     envvar="NETWATCH_STATE_DIR",
     default=None,
@@ -208,6 +219,7 @@ def agent(
     ipblock_pod_ips: str,
     netns: str | None,
     persist: bool,
+    map_size: int,
     state_dir: Path | None,
     log_level: str,
 ) -> None:
@@ -254,6 +266,7 @@ def agent(
         pods=pods,
         persist=persist,
         journal_dir=state.journal_dir if state is not None else None,
+        map_size=map_size,
     )
     sink = BufferedSink()
     feed: InventoryFeed = (

@@ -258,3 +258,9 @@ def test_the_replay_backend_refuses_a_state_directory(tmp_path: Path) -> None:
 def test_the_scripted_source_is_journaled() -> None:
     assert isinstance(ScriptedJournal([], []), Journaled)
     assert not isinstance(ReplaySource.from_batches([]), Journaled)
+
+
+def test_the_flow_map_size_is_bounded_below() -> None:
+    result = CliRunner().invoke(cli, ["agent", "--backend", "ebpf", "--map-size", "8"])
+    assert result.exit_code == 2
+    assert "--map-size" in result.output and "8 is not in the range x>=16" in result.output

@@ -15,8 +15,11 @@ crash, `recover(position)` returns the entries of every segment after the checkp
 position — drained from the kernel but not yet counted — for the next drain.
 
 Record layout (little-endian): `b"NWJ1"`, u32 entry count n, u16 key size, u16 value size,
-then n keys and n values (the kernel's own bytes). A torn last record (disk full) is
-reported and skipped; everything before it is kept.
+then n keys and n values (the kernel's own bytes). A full disk never leaves a torn
+record: a batch it refuses is cut off again (the caller still counts it, it is only not
+crash-safe), and a rotation that cannot create the next segment empties the current one
+in place (`rotate`). A torn or foreign tail found on reading is reported and skipped;
+everything before it is kept.
 
 Not covered: a crash in the microseconds between the lookup-and-delete syscall returning
 and the append (the only window in which drained entries live nowhere else), and a node

@@ -210,6 +210,24 @@ struct hconn {
     long want; /* echo bytes still expected */
 };
 
+/* Wait up to timeout_ms for echoes on held connections and count them; a connection
+ * that closes or fails is dead. */
+static void read_echoes(int ep, int timeout_ms, struct hconn *hc, long *echoed, long *dropped) {
+    struct epoll_event evs[512];
+    char buf[4096];
+    int k = epoll_wait(ep, evs, 512, timeout_ms);
+    for (int i = 0; i < k; i++) {
+        int fd = evs[i].data.fd;
+        if (hc[fd].state != H_HELD)
+            continue;
+        ssize_t r = read(fd, buf, sizeof(buf));
+        if (r > 0)
+            *echoed += r, hc[fd].want -= r;
+        else if (r == 0 || errno != EAGAIN)
+            (*dropped)++, hc[fd].state = H_DEAD;
+    }
+}
+
 static int hold(int argc, char **argv) {
     const char *server = argv[2];
     int port = atoi(argv[3]);
@@ -320,32 +338,12 @@ static int hold(int argc, char **argv) {
             if (t - round_start > interval) /* fell a whole round behind: don't catch up */
                 round_start = t;
         }
-        int k = epoll_wait(ep, evs, 512, 1);
-        for (int i = 0; i < k; i++) {
-            int fd = evs[i].data.fd;
-            if (hc[fd].state != H_HELD)
-                continue;
-            ssize_t r = read(fd, buf, sizeof(buf));
-            if (r > 0)
-                echoed += r, hc[fd].want -= r;
-            else if (r == 0 || errno != EAGAIN)
-                dropped++, hc[fd].state = H_DEAD;
-        }
+        read_echoes(ep, 1, hc, &echoed, &dropped);
     }
     /* the last echoes (at most 10 s) */
     double stop_wait = now() + 10;
     while (echoed < sent && now() < stop_wait) {
-        int k = epoll_wait(ep, evs, 512, 100);
-        for (int i = 0; i < k; i++) {
-            int fd = evs[i].data.fd;
-            if (hc[fd].state != H_HELD)
-                continue;
-            ssize_t r = read(fd, buf, sizeof(buf));
-            if (r > 0)
-                echoed += r, hc[fd].want -= r;
-            else if (r == 0 || errno != EAGAIN)
-                dropped++, hc[fd].state = H_DEAD;
-        }
+        read_echoes(ep, 100, hc, &echoed, &dropped);
     }
     /* phase 3: close all, spread over 2 s */
     double close_start = now();

@@ -155,6 +155,21 @@ class Attributed:
     resolution: Resolution
     """The shared, connection-independent part (what `Attributor.resolve` returns)."""
 
+    @classmethod
+    def of(cls, connection: Connection, res: Resolution) -> Attributed:
+        """`connection` with what `res` says about it (the fields copied out for reading)."""
+        return cls(
+            connection=connection,
+            client=res.client,
+            server=res.server,
+            port=res.port,
+            protocol=res.protocol,
+            service=res.service,
+            verdict=res.verdict,
+            decision=res.decision,
+            resolution=res,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class _View:
@@ -274,17 +289,7 @@ class Attributor:
             at=conn.first_seen,
             service_ip=conn.service_ip,
         )
-        return Attributed(
-            connection=conn,
-            client=res.client,
-            server=res.server,
-            port=res.port,
-            protocol=res.protocol,
-            service=res.service,
-            verdict=res.verdict,
-            decision=res.decision,
-            resolution=res,
-        )
+        return Attributed.of(conn, res)
 
     def orient_row(self, row: FlowRow) -> FlowRow:
         """`row` oriented as `attribute` orients a `Connection`: its ends swapped when its

@@ -252,17 +252,7 @@ def _sample(row: FlowRow, res: Resolution) -> Attributed:
         bytes_out=nbytes,
         service_ip=svc,
     )
-    return Attributed(
-        connection=conn,
-        client=res.client,
-        server=res.server,
-        port=res.port,
-        protocol=res.protocol,
-        service=res.service,
-        verdict=res.verdict,
-        decision=res.decision,
-        resolution=res,
-    )
+    return Attributed.of(conn, res)
 
 
 def evaluated(a: Attributed) -> bool:

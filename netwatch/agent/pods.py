@@ -34,7 +34,8 @@ class ClusterPods:
     """`pods(ip)`: is `ip` a cluster pod's address, as far as the inventory knows now."""
 
     def __init__(self, pod_cidrs: Sequence[str] = ()) -> None:
-        self._flags = parse_networks(pod_cidrs, what="--pod-cidr")
+        self._flags = parse_networks(pod_cidrs, what="--pod-cidr")  # refuses bad flags now
+        self._flag_texts = tuple(pod_cidrs)
         self._view: tuple[frozenset[str], tuple[Network, ...]] = (frozenset(), self._flags)
 
     def update(self, cluster: Cluster) -> None:
@@ -44,15 +45,7 @@ class ClusterPods:
             if not pod.host_network
             for ip in pod.ips
         )
-        node_cidrs: list[Network] = []
-        for node in cluster.nodes:
-            for text in node.pod_cidrs:
-                try:
-                    node_cidrs.append(ipaddress.ip_network(text, strict=False))
-                except ValueError:
-                    continue  # the loader reported it; the pod IPs still count
-        networks = tuple(dict.fromkeys((*self._flags, *node_cidrs)))
-        self._view = (ips, networks)
+        self._view = (ips, tuple(cluster.pod_ranges(self._flag_texts)))
 
     def __call__(self, ip: str) -> bool:
         ips, networks = self._view

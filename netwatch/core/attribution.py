@@ -48,7 +48,6 @@ hits; `graph` into workload edges; suggestions and what-if reuse `Attributor` di
 from __future__ import annotations
 
 import enum
-import ipaddress
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -64,7 +63,7 @@ from netwatch.core.model import (
     Protocol,
 )
 from netwatch.core.orientation import DeclaredPorts, reorient, should_swap
-from netwatch.core.policy import IPAddress, IPBlock, IPNetwork
+from netwatch.core.policy import IPAddress, IPBlock
 from netwatch.core.store import InventoryStore
 
 _CACHE_MAX = 1 << 20
@@ -228,13 +227,7 @@ class Attributor:
         self.cluster = cluster if cluster is not None else engine.cluster
         self._pods_by_uid: dict[str, Pod] = {p.uid: p for p in self.cluster.pods}
         self._pods_by_key: dict[str, Pod] = {p.key: p for p in self.cluster.pods}
-        ranges: list[IPNetwork] = []
-        for text in [*(c for n in self.cluster.nodes for c in n.pod_cidrs), *pod_cidrs]:
-            try:
-                ranges.append(ipaddress.ip_network(text, strict=False))
-            except ValueError:
-                continue  # a malformed podCIDR in a dump: nothing to match against
-        self._pod_ranges = tuple(ranges)
+        self._pod_ranges = tuple(self.cluster.pod_ranges(pod_cidrs))
         self._cache: dict[tuple[object, ...], tuple[Identity, Identity, Resolution]] = {}
         self.backends = ServiceBackends(self.cluster)
         self._declared = DeclaredPorts(self.cluster)

@@ -9,6 +9,7 @@ resolved here because suggestions, metrics and analysis all need the same answer
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -26,7 +27,7 @@ from netwatch.core.model import (
     WorkloadKind,
     WorkloadObject,
 )
-from netwatch.core.policy import NetworkPolicy, PolicyKey
+from netwatch.core.policy import IPNetwork, NetworkPolicy, PolicyKey
 
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 _T = TypeVar("_T")
@@ -92,6 +93,18 @@ class Cluster:
 
     def pod(self, key: str) -> Pod | None:
         return next((p for p in self.pods if p.key == key), None)
+
+    def pod_ranges(self, extra: Iterable[str] = ()) -> list[IPNetwork]:
+        """The nodes' podCIDRs, then `extra` ranges (`--pod-cidr`: CNIs with their own IPAM
+        leave node podCIDRs empty), without repeats. A malformed entry is skipped: the
+        loader, or whoever read the flag, reports it."""
+        out: dict[IPNetwork, None] = {}
+        for text in [*(c for node in self.nodes for c in node.pod_cidrs), *extra]:
+            try:
+                out[ipaddress.ip_network(text, strict=False)] = None
+            except ValueError:
+                continue
+        return list(out)
 
     def workload_of(self, pod: Pod) -> Workload:
         """The pod's top controller; owners missing from the dump are inferred by name."""

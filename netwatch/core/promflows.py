@@ -34,7 +34,7 @@ from netwatch.core.flow import FlowRow
 from netwatch.core.identity import WORLD
 from netwatch.core.model import Pod, PodPhase, Protocol
 from netwatch.core.policy import IPAddress, IPNetwork
-from netwatch.core.suggest import StandIn, cluster_ranges, strictly_inside
+from netwatch.core.suggest import StandIn, strictly_inside
 
 FLOW_LABELS = (
     "src_namespace",
@@ -93,7 +93,7 @@ class _Endpoints:
         self._named = {
             name: ipaddress.ip_network(text, strict=False) for name, text in named_cidrs.items()
         }
-        self._cluster_nets = cluster_ranges(cluster, extra=pod_cidrs)
+        self._cluster_nets = cluster.pod_ranges(pod_cidrs)
         self._taken: set[IPAddress] = {
             ipaddress.ip_address(ip)
             for ip in (

@@ -36,7 +36,7 @@ then ipBlock rules by address, then stand-in ranges.
 carry no addresses) reaches `suggest` at a representative address listed in
 `stand_ins`; its rules admit the whole range the label stands for — a named CIDR, or for
 `world` `0.0.0.0/0` (and `::/0` in a cluster with IPv6) — except the cluster's own
-ranges (`cluster_ranges`, the same ones aggregation keeps out), and each such rule is
+ranges (`Cluster.pod_ranges`, the same ones aggregation keeps out), and each such rule is
 flagged: a warning, and a `review` note in its evidence. Pure: no I/O, no clock (the
 window end is the newest `last_seen`).
 """
@@ -45,12 +45,11 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from netwatch.core.attribution import Attributed, VerdictKind, peer_key
 from netwatch.core.cidr import DEFAULT_BUDGET, Aggregate, aggregate
-from netwatch.core.cluster import Cluster
 from netwatch.core.engine import PolicyEngine
 from netwatch.core.identity import Identity, IdentityKind
 from netwatch.core.model import POLICY_PROTOCOLS, Direction, Pod, Workload
@@ -198,18 +197,6 @@ def suggest(
     return _Builder(engine, options, stand_ins or {}).run(observed)
 
 
-def cluster_ranges(cluster: Cluster, *, extra: Iterable[str] = ()) -> list[IPNetwork]:
-    """The nodes' podCIDRs and `extra` pod ranges (`--pod-cidr`), without repeats: never
-    admitted by an external ipBlock (`except` entries)."""
-    out: dict[IPNetwork, None] = {}
-    for text in [*(c for node in cluster.nodes for c in node.pod_cidrs), *extra]:
-        try:
-            out[ipaddress.ip_network(text, strict=False)] = None
-        except ValueError:
-            continue  # reported where the snapshot or the flag was read
-    return list(out)
-
-
 def strictly_inside(inner: IPNetwork, outer: IPNetwork) -> bool:
     """Whether `inner` is a proper subnet of `outer` (an `except` entry must be)."""
     return (
@@ -233,7 +220,7 @@ class _Builder:
         self.warnings: dict[str, None] = {}
         self.skipped: dict[str, int] = {}
         self.dns = find_dns(engine)
-        self.exclude = cluster_ranges(cluster, extra=options.pod_cidrs)
+        self.exclude = cluster.pod_ranges(options.pod_cidrs)
         self.stand_ins = stand_ins
         self.ipv6 = any(n.version == 6 for n in self.exclude) or any(
             ":" in ip for pod in cluster.pods for ip in pod.ips

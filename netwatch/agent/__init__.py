@@ -37,7 +37,7 @@ import platform
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from netwatch import __version__
@@ -46,10 +46,11 @@ from netwatch.agent.pods import ClusterPods
 from netwatch.agent.state import StateDir
 from netwatch.agent.suggestions import DEFAULT_INTERVAL as DEFAULT_SUGGEST_INTERVAL
 from netwatch.agent.suggestions import Suggester
-from netwatch.capture.base import FlowSource, Journaled
+from netwatch.capture.base import FlowSource, Journaled, Parted
 from netwatch.core.attribution import Attributor, VerdictKind
 from netwatch.core.checkpoint import Checkpoint
 from netwatch.core.engine import IPBlockPodIPs, PolicyEngine
+from netwatch.core.flow import Connection
 from netwatch.core.identity import IdentityIndex
 from netwatch.core.lint import lint
 from netwatch.core.store import InventoryStore
@@ -312,30 +313,43 @@ class Agent:
         attributor = self._attributor
         if attributor is None:  # pragma: no cover - _refresh_inventory always builds one
             raise RuntimeError("no inventory view")
-        try:
-            records = self._flows.drain()
-        except Exception:
-            if self._capture_ok:
-                log.exception("capture drain failed")
-            self._capture_ok = False
-            return 0
-        if not self._stopped:
-            self._capture_ok = True
         add, observe, previous = self.accumulator.add, self.suggester.add, self._previous
-        for conn in records:
-            item = attributor.attribute(conn)
-            if item.verdict is VerdictKind.UNKNOWN and previous is not None:
-                # A pod deleted in the inventory change this very step applied: its last
-                # seconds of traffic are still drained now. The index still names it (at
-                # first_seen) but the new policy view no longer holds it; the previous
-                # generation does, and was the cluster when the traffic happened.
-                earlier = previous.attribute(conn)
-                if earlier.verdict is not VerdictKind.UNKNOWN:
-                    item = earlier
-            add(item)
-            observe(item)
-        self.records_total += len(records)
-        return len(records)
+        parts, count = self._parts(), 0
+        while True:
+            try:
+                part = next(parts, None)
+            except Exception:
+                if self._capture_ok:
+                    log.exception("capture drain failed")
+                self._capture_ok = False
+                break
+            if part is None:
+                if not self._stopped:
+                    self._capture_ok = True
+                break
+            for conn in part:
+                item = attributor.attribute(conn)
+                if item.verdict is VerdictKind.UNKNOWN and previous is not None:
+                    # A pod deleted in the inventory change this very step applied: its
+                    # last seconds of traffic are still drained now. The index still names
+                    # it (at first_seen) but the new policy view no longer holds it; the
+                    # previous generation does, and was the cluster when it happened.
+                    earlier = previous.attribute(conn)
+                    if earlier.verdict is not VerdictKind.UNKNOWN:
+                        item = earlier
+                add(item)
+                observe(item)
+            count += len(part)
+        self.records_total += count
+        return count
+
+    def _parts(self) -> Iterator[Sequence[Connection]]:
+        """The drain in parts where the source offers them (`Parted`: a busy node's
+        records are attributed and counted a kernel batch at a time), else whole."""
+        if isinstance(self._flows, Parted):
+            yield from self._flows.drain_parts()
+        else:
+            yield self._flows.drain()
 
     def _health(self, stale: float) -> Health:
         stats = getattr(self._flows, "stats", None)

@@ -37,6 +37,8 @@ class ClusterPods:
         self._flags = parse_networks(pod_cidrs, what="--pod-cidr")  # refuses bad flags now
         self._flag_texts = tuple(pod_cidrs)
         self._view: tuple[frozenset[str], tuple[Network, ...]] = (frozenset(), self._flags)
+        self.version = 0
+        """Changes whenever the answers may (the capture re-asks what it remembered)."""
 
     def update(self, cluster: Cluster) -> None:
         ips = frozenset(
@@ -45,7 +47,10 @@ class ClusterPods:
             if not pod.host_network
             for ip in pod.ips
         )
-        self._view = (ips, tuple(cluster.pod_ranges(self._flag_texts)))
+        view = (ips, tuple(cluster.pod_ranges(self._flag_texts)))
+        if view != self._view:
+            self._view = view
+            self.version += 1
 
     def __call__(self, ip: str) -> bool:
         ips, networks = self._view

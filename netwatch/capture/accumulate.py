@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import replace
 
-from netwatch.capture.assemble import ConnId, merge_key
+from netwatch.capture.assemble import MergeKey, merge_key
 from netwatch.core.flow import Connection, Orientation
 
 _RANK = {Orientation.SYN: 0, Orientation.SOCKET: 1, Orientation.HEURISTIC: 2}
@@ -39,7 +39,7 @@ def merge(a: Connection, b: Connection) -> Connection:
 
 class Accumulator:
     def __init__(self) -> None:
-        self._conns: dict[tuple[ConnId, str | None], Connection] = {}
+        self._conns: dict[tuple[MergeKey, str | None], Connection] = {}
 
     def add(self, conns: Iterable[Connection]) -> None:
         for conn in conns:

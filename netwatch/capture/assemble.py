@@ -23,14 +23,38 @@ own pod veths saw:
   from `is_cluster_pod` (pod CIDRs, a cluster snapshot, the agent's inventory) plus the
   pods seen on this node's veths. ClusterIP destinations are first resolved to their
   backend (conntrack), so a Service connection to a pod is reported by the backend's node.
+
+Two paths, one decision. `assemble(observations)` decides a conversation (orientation,
+reporter, Service) and remembers it, keyed by `conv_key` — both ends' packed addresses
+and ports, smaller end first, so the two veths of a conversation share it.
+`assemble_entries(batch)` takes the kernel's packed entries (`layout.Batch`) and, for
+a conversation already decided whose entry carries nothing new (no opener, FIN or RST
+bits), applies the remembered decision straight from the unpacked fields: a suppressed
+entry costs a dict lookup, a reported one a `Connection`. Everything else is decoded
+into an `Observation` and goes through `assemble`. On a busy node nearly every entry of
+every drain is such a repeat (100,000 open connections ≈ 200,000 entries per 5 s drain),
+and this is what keeps the agent's drain in step with them (benchmarks/agent_ebpf.py).
+A remembered "the server is not a pod" is re-asked whenever the pods known change
+(`pods_version`, the veths learned here), so a pod appearing at a remembered address
+moves the report to its veth as the slow path would.
 """
 
 from __future__ import annotations
 
+import socket
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from netwatch.capture.conntrack import ConntrackReader, Dnat, Query
+from netwatch.capture.layout import (
+    F_FIRST_TO_POD,
+    F_OPENER_FROM_POD,
+    F_OPENER_TO_POD,
+    KEY,
+    VALUE,
+    Batch,
+)
 from netwatch.capture.listeners import End, SocketTable, server_by_sockets
 from netwatch.capture.packets import heuristic_server_is_low
 from netwatch.core.flow import Connection, Orientation
@@ -38,8 +62,23 @@ from netwatch.core.model import Protocol
 
 _FIN, _RST = 0x01, 0x04
 _TRANSPORTS = (Protocol.TCP, Protocol.UDP, Protocol.SCTP)
+PROTOCOLS = {
+    6: Protocol.TCP,
+    17: Protocol.UDP,
+    132: Protocol.SCTP,
+    1: Protocol.ICMP,
+    58: Protocol.ICMP,
+}
+"""IP protocol numbers of `struct flow_key.proto` that are connections; others are skipped."""
+_NUMBERS = {Protocol.TCP: 6, Protocol.UDP: 17, Protocol.SCTP: 132, Protocol.ICMP: 1}
+_NEWS = F_OPENER_FROM_POD | F_OPENER_TO_POD | (_FIN | _RST) | ((_FIN | _RST) << 8)
+"""Flag bits that may change a remembered decision: such entries take the slow path."""
+_ENDS = struct.Struct(">BB16sH16sH")
+_CACHE_MAX = 65536
 Endpoint = tuple[str, int]
-ConnId = tuple[Protocol, Endpoint, Endpoint]
+ConnId = bytes
+"""`conv_key`: family, protocol number, then both ends (address, port), smaller first."""
+MergeKey = tuple[Protocol, Endpoint, Endpoint]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,25 +115,80 @@ class Observation:
         return (self.peer_ip, self.peer_port)
 
 
+class Addresses:
+    """Packed kernel addresses ↔ text, cached: a node talks to few addresses, often.
+
+    The text of an address is one shared `str` however many records carry it (memory),
+    and converting it costs a dict lookup instead of `inet_ntop` (time). Bounded: a
+    cache past `_CACHE_MAX` addresses (a scan) starts over.
+    """
+
+    def __init__(self) -> None:
+        self._text: tuple[dict[bytes, str], dict[bytes, str]] = ({}, {})
+        self._packed: dict[str, tuple[int, bytes]] = {}
+
+    def text(self, addr: bytes, family: int) -> str:
+        cache = self._text[family == 6]
+        found = cache.get(addr)
+        if found is None:
+            if len(cache) >= _CACHE_MAX:
+                cache.clear()
+            if family == 6:
+                found = socket.inet_ntop(socket.AF_INET6, addr)
+            else:
+                found = socket.inet_ntop(socket.AF_INET, addr[:4])
+            cache[addr] = found
+        return found
+
+    def packed(self, ip: str) -> tuple[int, bytes]:
+        """(family, the 16 bytes `struct flow_key` holds) of a textual address."""
+        found = self._packed.get(ip)
+        if found is None:
+            if len(self._packed) >= _CACHE_MAX:
+                self._packed.clear()
+            if ":" in ip:
+                found = (6, socket.inet_pton(socket.AF_INET6, ip))
+            else:
+                found = (4, socket.inet_pton(socket.AF_INET, ip).ljust(16, b"\0"))
+            self._packed[ip] = found
+        return found
+
+
+def conv_key(  # noqa: PLR0917 - mirrors the key fields, called once per entry
+    family: int, number: int, a_addr: bytes, a_port: int, b_addr: bytes, b_port: int
+) -> tuple[ConnId, bool]:
+    """A conversation's identity, the same from either end; True when `a` comes first."""
+    if (a_addr, a_port) <= (b_addr, b_port):
+        return _ENDS.pack(family, number, a_addr, a_port, b_addr, b_port), True
+    return _ENDS.pack(family, number, b_addr, b_port, a_addr, a_port), False
+
+
 @dataclass(slots=True)
 class _Memory:
+    """What was decided about one conversation (`conv_key`), for its later entries."""
+
     server: Endpoint
+    server_first: bool
+    """The server is the first end of the conversation's key."""
     orientation: Orientation
     last_seen: float
     closed: bool = False
+    service: Dnat | None = None
+    """The Service the client addressed (a ClusterIP connection), for the server side."""
+    server_pod: bool = False
+    """The server is a pod: its veth reports, a client-side entry is suppressed."""
+    version: tuple[int, int] = (0, 0)
+    """The pods known when `server_pod` was last asked (`Assembler._version`)."""
 
 
 @dataclass(slots=True)
 class AssemblyStats:
     reported: int = 0
     suppressed: int = 0
-    """Observations another observer (the server's veth) reports: counted-once rule."""
+    """Entries another observer (the server's veth) reports: counted-once rule."""
     dnat_resolved: int = 0
     orientation: dict[str, int] = field(default_factory=dict)
-
-
-def conn_id(protocol: Protocol, a: Endpoint, b: Endpoint) -> ConnId:
-    return (protocol, a, b) if a <= b else (protocol, b, a)
+    """Reported records by how they were oriented."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +197,9 @@ class _Resolved:
     peer: Endpoint
     """The peer after DNAT resolution (the backend for a Service connection)."""
     dnat: Dnat | None
+    cid: ConnId
+    pod_first: bool
+    """The pod end is the first end of `cid`."""
 
 
 class Assembler:
@@ -111,22 +208,30 @@ class Assembler:
         *,
         node: str | None,
         is_cluster_pod: Callable[[str], bool] = lambda _ip: False,
+        pods_version: Callable[[], int] = lambda: 0,
         sockets: Callable[[int], SocketTable | None] = lambda _ifindex: None,
         conntrack: ConntrackReader | None = None,
         idle_s: float = 120.0,
         closed_grace_s: float = 5.0,
     ) -> None:
+        """`pods_version` changes whenever `is_cluster_pod` may answer differently."""
         self._node = node
         self._is_cluster_pod = is_cluster_pod
+        self._pods_version = pods_version
         self._sockets = sockets
         self._conntrack = conntrack
         self._idle_s = idle_s
         self._closed_grace_s = closed_grace_s
         self._local_pods: dict[str, int] = {}
         """Pod IP → ifindex of its host-side veth (learned from the pod ends seen)."""
+        self._local_version = 0
+        self._last_version = (0, 0)
         self._memory: dict[ConnId, _Memory] = {}
         self._dnat_pre: dict[Query, tuple[Dnat | None, float]] = {}
         self._dnat_post: dict[ConnId, tuple[Dnat, float]] = {}
+        self._servers: dict[Endpoint, Endpoint] = {}
+        """One shared tuple per server end (most conversations share a few)."""
+        self.addresses = Addresses()
         self.stats = AssemblyStats()
         self._pruned_at = 0.0
 
@@ -134,27 +239,164 @@ class Assembler:
     def local_pods(self) -> dict[str, int]:
         return dict(self._local_pods)
 
+    @property
+    def remembered(self) -> int:
+        """Conversations whose decision is kept (for sizing and tests)."""
+        return len(self._memory)
+
     def is_pod(self, ip: str) -> bool:
         return ip in self._local_pods or self._is_cluster_pod(ip)
 
+    def _version(self) -> tuple[int, int]:
+        """One shared tuple while nothing changes (every memory holds a reference)."""
+        version = (self._local_version, self._pods_version())
+        if version != self._last_version:
+            self._last_version = version
+        return self._last_version
+
+    def _cid(self, protocol: Protocol, a: Endpoint, b: Endpoint) -> tuple[ConnId, bool]:
+        family, a_addr = self.addresses.packed(a[0])
+        _, b_addr = self.addresses.packed(b[0])
+        number = 58 if protocol is Protocol.ICMP and family == 6 else _NUMBERS[protocol]
+        return conv_key(family, number, a_addr, a[1], b_addr, b[1])
+
+    # -- the kernel's entries -----------------------------------------------------------
+    def assemble_entries(
+        self,
+        batch: Batch,
+        *,
+        names: Callable[[int], str | None],
+        epoch_offset_ns: int,
+        start_ns: int,
+    ) -> list[Connection]:
+        """`assemble` for packed kernel entries; remembered conversations skip decoding
+        (see the module doc). Times: kernel monotonic ns + `epoch_offset_ns` = epoch ns."""
+        keys, values, _count = batch
+        memory_get, text, pack = self._memory.get, self.addresses.text, _ENDS.pack
+        version = self._version()
+        node, stats, counts = self._node, self.stats, self.stats.orientation
+        slow: list[Observation] = []
+        out: list[Connection] = []
+        latest = 0
+        for key, value in zip(KEY.iter_unpack(keys), VALUE.iter_unpack(values), strict=True):
+            pod_a, peer_a, pod_p, peer_p, ifindex, number, family = key
+            p_from, p_to, b_from, b_to, first_ns, last_ns, flags = value
+            if number not in PROTOCOLS:
+                continue
+            latest = max(latest, last_ns)
+            if (pod_a, pod_p) <= (peer_a, peer_p):
+                m = memory_get(pack(family, number, pod_a, pod_p, peer_a, peer_p))
+                pod_first = True
+            else:
+                m = memory_get(pack(family, number, peer_a, peer_p, pod_a, pod_p))
+                pod_first = False
+            if m is None or flags & _NEWS:
+                slow.append(self._observation(key, value, names, epoch_offset_ns, start_ns))
+                continue
+            last = (last_ns + epoch_offset_ns) / 1e9
+            m.last_seen = max(m.last_seen, last)
+            if pod_first is m.server_first:  # the pod is the server: its veth reports
+                client = (text(peer_a, family), peer_p)
+                sent, back, service = (p_to, b_to), (p_from, b_from), m.service
+            else:
+                if m.server_pod or (m.version != version and self._recheck(m, version)):
+                    stats.suppressed += 1
+                    continue
+                client = (text(pod_a, family), pod_p)
+                sent, back, service = (p_from, b_from), (p_to, b_to), None
+            server = m.server
+            out.append(
+                Connection(
+                    client[0],
+                    client[1],
+                    server[0],
+                    server[1],
+                    PROTOCOLS[number],
+                    (first_ns + epoch_offset_ns) / 1e9,
+                    last,
+                    sent[0],
+                    sent[1],
+                    back[0],
+                    back[1],
+                    m.orientation,
+                    node,
+                    names(ifindex),
+                    service.service_ip if service is not None else None,
+                    service.service_port if service is not None else None,
+                )
+            )
+            name = m.orientation.value
+            counts[name] = counts.get(name, 0) + 1
+        stats.reported += len(out)
+        if slow:
+            out.extend(self.assemble(slow))
+        elif latest:
+            self._prune((latest + epoch_offset_ns) / 1e9)
+        return out
+
+    def _observation(
+        self,
+        key: tuple[bytes, bytes, int, int, int, int, int],
+        value: tuple[int, ...],
+        names: Callable[[int], str | None],
+        epoch_offset_ns: int,
+        start_ns: int,
+    ) -> Observation:
+        pod_a, peer_a, pod_p, peer_p, ifindex, number, family = key
+        p_from, p_to, b_from, b_to, first_ns, last_ns, flags = value
+        text = self.addresses.text
+        return Observation(
+            ifindex,
+            names(ifindex),
+            PROTOCOLS[number],
+            text(pod_a, family),
+            pod_p,
+            text(peer_a, family),
+            peer_p,
+            p_from,
+            b_from,
+            p_to,
+            b_to,
+            (first_ns + epoch_offset_ns) / 1e9,
+            (last_ns + epoch_offset_ns) / 1e9,
+            flags & 0xFF,
+            (flags >> 8) & 0xFF,
+            bool(flags & F_OPENER_FROM_POD),
+            bool(flags & F_OPENER_TO_POD),
+            bool(flags & F_FIRST_TO_POD),
+            first_ns >= start_ns,
+        )
+
+    def _recheck(self, m: _Memory, version: tuple[int, int]) -> bool:
+        m.server_pod = self.is_pod(m.server[0])
+        m.version = version
+        return m.server_pod
+
+    # -- decoded observations -------------------------------------------------------------
     def assemble(self, observations: Sequence[Observation]) -> list[Connection]:
         if not observations:
             return []
+        local = self._local_pods
         for obs in observations:
-            self._local_pods[obs.pod_ip] = obs.ifindex
+            if local.get(obs.pod_ip) != obs.ifindex:
+                local[obs.pod_ip] = obs.ifindex
+                self._local_version += 1
         resolved = self._resolve_services(observations)
         groups: dict[ConnId, list[_Resolved]] = {}
         for r in resolved:
-            groups.setdefault(conn_id(r.obs.protocol, r.obs.pod, r.peer), []).append(r)
+            groups.setdefault(r.cid, []).append(r)
         out: list[Connection] = []
+        counts = self.stats.orientation
         for cid, members in groups.items():
-            server, orientation = self._orient(cid, members)
+            memory = self._orient(cid, members)
             for r in members:
-                conn = self._report(r, server=server, orientation=orientation, cid=cid)
+                conn = self._report(r, memory)
                 if conn is None:
                     self.stats.suppressed += 1
                 else:
                     self.stats.reported += 1
+                    name = memory.orientation.value
+                    counts[name] = counts.get(name, 0) + 1
                     out.append(conn)
         self._prune(max(o.last_seen for o in observations))
         return out
@@ -184,30 +426,45 @@ class Assembler:
                 dnat, _ = self._dnat_pre[query]
                 self._dnat_pre[query] = (dnat, obs.last_seen)
             if dnat is None:
-                out.append(_Resolved(obs=obs, peer=obs.peer, dnat=None))
+                cid, pod_first = self._cid(obs.protocol, obs.pod, obs.peer)
+                out.append(_Resolved(obs, obs.peer, None, cid, pod_first))
                 continue
             self.stats.dnat_resolved += 1
             backend = (dnat.backend_ip, dnat.backend_port)
-            self._dnat_post[conn_id(obs.protocol, obs.pod, backend)] = (dnat, obs.last_seen)
-            out.append(_Resolved(obs=obs, peer=backend, dnat=dnat))
+            cid, pod_first = self._cid(obs.protocol, obs.pod, backend)
+            self._dnat_post[cid] = (dnat, obs.last_seen)
+            remembered = self._memory.get(cid)
+            if remembered is not None:  # the server side's later entries name the Service
+                remembered.service = dnat
+            out.append(_Resolved(obs, backend, dnat, cid, pod_first))
         return out
 
     # -- orientation ----------------------------------------------------------------
-    def _orient(self, cid: ConnId, members: list[_Resolved]) -> tuple[Endpoint, Orientation]:
+    def _orient(self, cid: ConnId, members: list[_Resolved]) -> _Memory:
         last = max(r.obs.last_seen for r in members)
         closed = any(
             (r.obs.tcp_flags_from_pod | r.obs.tcp_flags_to_pod) & _RST
             or (r.obs.tcp_flags_from_pod & _FIN and r.obs.tcp_flags_to_pod & _FIN)
             for r in members
         )
-        decided = self._decide(cid, members)
-        server, orientation = decided
-        self._memory[cid] = _Memory(
-            server=server, orientation=orientation, last_seen=last, closed=closed
+        server, orientation = self._decide(cid, members)
+        server = self._servers.setdefault(server, server)
+        if len(self._servers) > _CACHE_MAX:
+            self._servers.clear()
+        first = members[0]
+        server_first = first.pod_first if server == first.obs.pod else not first.pod_first
+        post = self._dnat_post.get(cid)
+        memory = self._memory[cid] = _Memory(
+            server=server,
+            server_first=server_first,
+            orientation=orientation,
+            last_seen=last,
+            closed=closed,
+            service=post[0] if post is not None else None,
+            server_pod=self.is_pod(server[0]),
+            version=self._version(),
         )
-        name = orientation.value
-        self.stats.orientation[name] = self.stats.orientation.get(name, 0) + 1
-        return decided
+        return memory
 
     def _decide(self, cid: ConnId, members: list[_Resolved]) -> tuple[Endpoint, Orientation]:
         for r in sorted(members, key=lambda m: m.obs.first_seen):
@@ -225,7 +482,7 @@ class Assembler:
             end = self._by_sockets(r)
             if end is not None:
                 return (r.obs.pod if end is End.POD else r.peer), Orientation.SOCKET
-        return self._heuristic(cid, members), Orientation.HEURISTIC
+        return self._heuristic(members), Orientation.HEURISTIC
 
     def _by_sockets(self, r: _Resolved) -> End | None:
         obs = r.obs
@@ -243,8 +500,8 @@ class Assembler:
         )
 
     @staticmethod
-    def _heuristic(cid: ConnId, members: list[_Resolved]) -> Endpoint:
-        _proto, a, b = cid
+    def _heuristic(members: list[_Resolved]) -> Endpoint:
+        a, b = members[0].obs.pod, members[0].peer
         low, high = (a, b) if a[1] <= b[1] else (b, a)
         if low[1] != high[1] and heuristic_server_is_low(low_port=low[1], high_port=high[1]):
             return low
@@ -252,17 +509,14 @@ class Assembler:
         return first.obs.pod if first.obs.first_to_pod else first.peer
 
     # -- counted once -----------------------------------------------------------------
-    def _report(
-        self, r: _Resolved, *, server: Endpoint, orientation: Orientation, cid: ConnId
-    ) -> Connection | None:
+    def _report(self, r: _Resolved, memory: _Memory) -> Connection | None:
         obs = r.obs
-        pod_is_server = obs.pod == server
-        if not pod_is_server and self.is_pod(server[0]):
+        pod_is_server = obs.pod == memory.server
+        if not pod_is_server and memory.server_pod:
             return None  # the server pod's veth reports it (here or on its node)
         dnat = r.dnat
         if dnat is None and pod_is_server:
-            post = self._dnat_post.get(cid)
-            dnat = post[0] if post is not None else None
+            dnat = memory.service
         if pod_is_server:
             client, srv = r.peer, obs.pod
             out = (obs.packets_to_pod, obs.bytes_to_pod)
@@ -283,7 +537,7 @@ class Assembler:
             bytes_out=out[1],
             packets_in=back[0],
             bytes_in=back[1],
-            orientation=orientation,
+            orientation=memory.orientation,
             node=self._node,
             interface=obs.interface,
             service_ip=dnat.service_ip if dnat is not None else None,
@@ -302,11 +556,12 @@ class Assembler:
             if m.last_seen >= idle and not (m.closed and m.last_seen < closed)
         }
         self._dnat_pre = {k: v for k, v in self._dnat_pre.items() if v[1] >= idle}
-        self._dnat_post = {k: v for k, v in self._dnat_post.items() if v[1] >= idle}
+        self._dnat_post = {
+            k: v for k, v in self._dnat_post.items() if v[1] >= idle or k in self._memory
+        }
 
 
-def merge_key(conn: Connection) -> ConnId:
+def merge_key(conn: Connection) -> MergeKey:
     """Identity of a conversation independent of its orientation (for summing deltas)."""
-    return conn_id(
-        conn.protocol, (conn.client_ip, conn.client_port), (conn.server_ip, conn.server_port)
-    )
+    a, b = (conn.client_ip, conn.client_port), (conn.server_ip, conn.server_port)
+    return (conn.protocol, a, b) if a <= b else (conn.protocol, b, a)

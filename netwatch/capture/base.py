@@ -9,7 +9,7 @@ drain and report exhaustion through `finished`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
 from netwatch.core.flow import Connection
@@ -52,4 +52,14 @@ class Journaled(Protocol):
 
     def acknowledge(self, position: int) -> None:
         """Everything up to `position` is durably counted; it may be forgotten."""
+        ...
+
+
+@runtime_checkable
+class Parted(Protocol):
+    """A source whose drain can be consumed in parts, so the owner never holds a whole
+    busy drain's records at once (the eBPF backend: one kernel batch per part)."""
+
+    def drain_parts(self) -> Iterator[Sequence[Connection]]:
+        """`drain()` in parts; consume it whole (the drain ends with the last part)."""
         ...

@@ -1,13 +1,14 @@
-"""The kernel maps of `bpf/flows.c` seen from userspace: layouts, draining, decoding.
+"""The kernel maps of `bpf/flows.c` seen from userspace: draining them.
 
-Layouts mirror the C structs (`struct flow_key`, `struct flow_val`, the `stats` and
-`drained` indexes) and must change with them. Draining empties the LRU flow map with
+The entry layouts are in `layout`; the `stats` and `drained` indexes are here and must
+change with the C. Draining empties the LRU flow map with
 BPF_MAP_LOOKUP_AND_DELETE_BATCH in chunks; where the kernel lacks it (before 5.6) it
 falls back to per-key BPF_MAP_LOOKUP_AND_DELETE_ELEM (hash maps: 5.14), and then to
 lookup followed by delete — a packet landing between the two is lost and shows in the
 lost counters. The feature is detected by trying, never by kernel version; `method`
 forces one (tests exercise each). bcc's own `items_lookup_and_delete_batch` is not used:
-it allocates max_entries-sized buffers per call and aliases its batch tokens.
+it allocates max_entries-sized buffers per call and aliases its batch tokens. What is
+drained stays packed (`layout.Batch`) until `Assembler.assemble_entries` decodes it.
 """
 
 from __future__ import annotations
@@ -17,21 +18,12 @@ import enum
 import errno
 import logging
 import os
-import socket
-import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
-from netwatch.capture.assemble import Observation
-from netwatch.core.model import Protocol
+from netwatch.capture.layout import KEY, VALUE, Batch, batch_of
 
 _log = logging.getLogger("netwatch.capture")
 
-KEY = struct.Struct("<16s16sHHIBB2x")  # struct flow_key
-VALUE = struct.Struct("<7Q")  # struct flow_val
-# struct flow_val .flags bits (bpf/flows.c)
-F_OPENER_FROM_POD = 1 << 16
-F_OPENER_TO_POD = 1 << 17
-F_FIRST_TO_POD = 1 << 18
 STAT_NAMES = (
     "packets",
     "bytes",
@@ -46,13 +38,6 @@ STAT_NAMES = (
 )
 DR_PACKETS, DR_BYTES, DR_ENTRIES = 0, 1, 2
 BPF_MAP_TYPE_HASH_LRU, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_ARRAY = 9, 6, 2
-_PROTOCOLS = {
-    6: Protocol.TCP,
-    17: Protocol.UDP,
-    132: Protocol.SCTP,
-    1: Protocol.ICMP,
-    58: Protocol.ICMP,
-}
 _UNSUPPORTED = {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, 524}  # 524: ENOTSUPP
 
 
@@ -87,12 +72,13 @@ class MapDrainer:
             fn.restype = ctypes.c_int
         self._lib.bpf_delete_elem.argtypes = [ctypes.c_int, ctypes.c_void_p]
         self._lib.bpf_get_next_key.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
-        self._chunk = max(16, min(max_entries, 4096))
-        self._keys = ctypes.create_string_buffer(KEY.size * self._chunk)
-        self._values = ctypes.create_string_buffer(VALUE.size * self._chunk)
+        self.chunk = max(16, min(max_entries, 4096))
+        """Most entries one batch holds."""
+        self._keys = ctypes.create_string_buffer(KEY.size * self.chunk)
+        self._values = ctypes.create_string_buffer(VALUE.size * self.chunk)
         self.method = method
 
-    def drain(self, record: Record | None = None) -> list[tuple[bytes, bytes]]:
+    def drain(self, record: Record | None = None) -> list[Batch]:
         """Take every entry out of the map. `record(keys, values, n)` sees each batch the
         moment the kernel returned it (the write-ahead journal), before it is decoded."""
         if self.method in (DrainMethod.AUTO, DrainMethod.BATCH):
@@ -113,12 +99,12 @@ class MapDrainer:
                 self.method = DrainMethod.LOOKUP_DELETE
         return self._per_key(atomic=False, record=record)
 
-    def _batch(self, record: Record | None) -> list[tuple[bytes, bytes]]:
-        out: list[tuple[bytes, bytes]] = []
+    def _batch(self, record: Record | None) -> list[Batch]:
+        out: list[Batch] = []
         token_in, token_out = ctypes.c_uint32(0), ctypes.c_uint32(0)
         first = True
         while True:
-            count = ctypes.c_uint32(self._chunk)
+            count = ctypes.c_uint32(self.chunk)
             rc = self._lib.bpf_lookup_and_delete_batch(
                 self._fd,
                 None if first else ctypes.byref(token_in),
@@ -129,16 +115,12 @@ class MapDrainer:
             )
             err = ctypes.get_errno() if rc != 0 else 0
             n = count.value if rc == 0 or err == errno.ENOENT else 0
-            keys, values = self._keys.raw, self._values.raw
-            if record is not None and n:
-                record(keys, values, n)
-            for i in range(n):
-                out.append(
-                    (
-                        keys[i * KEY.size : (i + 1) * KEY.size],
-                        values[i * VALUE.size : (i + 1) * VALUE.size],
-                    )
-                )
+            if n:
+                keys = ctypes.string_at(self._keys, n * KEY.size)
+                values = ctypes.string_at(self._values, n * VALUE.size)
+                if record is not None:
+                    record(keys, values, n)
+                out.append((keys, values, n))
             if rc != 0:
                 if err == errno.ENOENT:
                     return out
@@ -148,7 +130,7 @@ class MapDrainer:
             token_in.value = token_out.value
             first = False
 
-    def _per_key(self, *, atomic: bool, record: Record | None) -> list[tuple[bytes, bytes]]:
+    def _per_key(self, *, atomic: bool, record: Record | None) -> list[Batch]:
         keys: list[bytes] = []
         prev: ctypes.Array[ctypes.c_char] | None = None
         nxt = ctypes.create_string_buffer(KEY.size)
@@ -173,50 +155,8 @@ class MapDrainer:
             if record is not None:
                 record(raw, value.raw, 1)
             out.append((raw, value.raw))
-        return out
+        return [batch_of(out)] if out else []
 
 
 class _Unsupported(Exception):
     pass
-
-
-def decode(
-    raw: Sequence[tuple[bytes, bytes]],
-    *,
-    names: Callable[[int], str | None],
-    epoch_offset_ns: int,
-    start_ns: int,
-) -> list[Observation]:
-    out: list[Observation] = []
-    for key_bytes, value_bytes in raw:
-        pod_addr, peer_addr, pod_port, peer_port, ifindex, proto, family = KEY.unpack(key_bytes)
-        p_from, p_to, b_from, b_to, first_ns, last_ns, flags = VALUE.unpack(value_bytes)
-        protocol = _PROTOCOLS.get(proto)
-        if protocol is None:
-            continue
-        af = socket.AF_INET if family == 4 else socket.AF_INET6
-        width = 4 if family == 4 else 16
-        out.append(
-            Observation(
-                ifindex=ifindex,
-                interface=names(ifindex),
-                protocol=protocol,
-                pod_ip=socket.inet_ntop(af, pod_addr[:width]),
-                pod_port=pod_port,
-                peer_ip=socket.inet_ntop(af, peer_addr[:width]),
-                peer_port=peer_port,
-                packets_from_pod=p_from,
-                bytes_from_pod=b_from,
-                packets_to_pod=p_to,
-                bytes_to_pod=b_to,
-                first_seen=(first_ns + epoch_offset_ns) / 1e9,
-                last_seen=(last_ns + epoch_offset_ns) / 1e9,
-                tcp_flags_from_pod=flags & 0xFF,
-                tcp_flags_to_pod=(flags >> 8) & 0xFF,
-                opener_from_pod=bool(flags & F_OPENER_FROM_POD),
-                opener_to_pod=bool(flags & F_OPENER_TO_POD),
-                first_to_pod=bool(flags & F_FIRST_TO_POD),
-                began_in_capture=first_ns >= start_ns,
-            )
-        )
-    return out

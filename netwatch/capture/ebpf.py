@@ -9,13 +9,17 @@ Neighbours: `bpf/flows.c` (the program: strategy, limits and fallbacks in its he
     while running: emit(source.drain())     # deltas since the previous drain
     source.stop(); emit(source.drain()); source.close()
 
+or, keeping a busy node's drain small in memory, `for part in source.drain_parts(): ...`
+(`capture.base.Parted`).
+
 `stop()` detaches first so the final drain misses nothing; with `persist=True` it leaves
 the programs attached and the maps pinned instead, and the next process — attaching with
 `replace`, no gap — drains what this one did not: a restart neither loses nor
-double-counts. A thread of its own empties the kernel map every 250 ms into memory, so
-the Python processing in `drain()` (about 10 µs per entry) never lets the LRU map fill and
-evict. Map layouts, draining (batch lookup-and-delete with fallbacks) and decoding live
-in `bpf_maps`.
+double-counts. A thread of its own watches the kernel map every 250 ms and empties it
+into memory from half full, so the Python processing in `drain()` never lets the LRU
+map fill and evict; what it takes waits packed (`layout.Batch`, 100 bytes an entry).
+Draining (batch lookup-and-delete with fallbacks) lives in `bpf_maps`, decoding and the
+counted-once rule in `assemble`.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import ctypes
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -43,17 +47,15 @@ from netwatch.capture.bpf_maps import (
     DR_BYTES,
     DR_ENTRIES,
     DR_PACKETS,
-    KEY,
     STAT_NAMES,
-    VALUE,
     CaptureSetupError,
     DrainMethod,
     MapDrainer,
-    decode,
 )
 from netwatch.capture.conntrack import ConntrackReader
 from netwatch.capture.journal import Journal, JournalError
 from netwatch.capture.kernel_src import ensure_kernel_source
+from netwatch.capture.layout import KEY, VALUE, Batch, batch_of, totals
 from netwatch.capture.listeners import NetnsDirectory, SocketTable
 from netwatch.capture.netlink_watch import LinkWatcher
 from netwatch.core.flow import Connection
@@ -62,7 +64,7 @@ _log = logging.getLogger("netwatch.capture")
 
 PROGRAM_FILE = "flows.c"
 EMPTY_INTERVAL_S = 0.25
-"""How often the kernel map is emptied, whatever the owner's drain interval."""
+"""How often the kernel map's fill is checked, whatever the owner's drain interval."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +80,8 @@ class EbpfOptions:
     """Detach leftovers and drop pinned maps (and their undrained counts) before starting."""
     node: str | None = None
     is_cluster_pod: Callable[[str], bool] | None = None
+    pods_version: Callable[[], int] | None = None
+    """Changes whenever `is_cluster_pod` may answer differently (`agent.pods.ClusterPods`)."""
     drain_method: DrainMethod = DrainMethod.AUTO
     conntrack: bool = True
     proc: Path = Path("/proc")
@@ -143,6 +147,24 @@ class CaptureStats:
 
 _COMPILER_LIBRARIES = ("libbcc", "LLVM", "clang")
 _MADV_PAGEOUT = 21  # Linux >= 5.4; older kernels answer EINVAL, and nothing changes
+_M_MMAP_THRESHOLD = -3  # mallopt(3)
+_BATCH_MMAP_BYTES = 64 * 1024
+
+
+def _keep_batches_off_the_heap() -> None:
+    """Drained batches (180 to 230 KiB each, hundreds per drain on a busy node) are
+    allocated in one thread and freed in another, a drain later. glibc's adaptive mmap
+    threshold soon moves blocks that size into its heaps, whose freed holes stay
+    resident; a fixed threshold keeps each batch in a mapping of its own, returned to
+    the kernel the moment it is freed. Process-wide: large blocks of any origin."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: its own policy
+        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, _BATCH_MMAP_BYTES)
+
+
+def _trim_heap() -> None:
+    """Return the heap's free pages after a drain (its transient records freed)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _return_compiler_memory(maps: Path = Path("/proc/self/maps")) -> None:
@@ -191,7 +213,7 @@ class EbpfSource:
         self._watcher: LinkWatcher | None = None
         self._watch_attacher: TcAttacher | None = None
         self._map_lock = threading.Lock()
-        self._pending: list[tuple[bytes, bytes]] = []
+        self._pending: list[Batch] = []
         self._journal: Journal | None = None
         self._position = 0
         self._empty_stop = threading.Event()
@@ -256,6 +278,7 @@ class EbpfSource:
         except Exception as exc:
             raise CaptureSetupError(f"cannot compile/load the capture program: {exc}") from exc
         _return_compiler_memory()
+        _keep_batches_off_the_heap()
         self._fds = (ingress.fd, egress.fd)
         self._prog_names = (ingress.name, egress.name)
         flows = self._bpf["flows"]
@@ -278,6 +301,7 @@ class EbpfSource:
         self._assembler = Assembler(
             node=self.options.node,
             is_cluster_pod=self.options.is_cluster_pod or (lambda _ip: False),
+            pods_version=self.options.pods_version or (lambda: 0),
             sockets=self._sockets_of,
             conntrack=conntrack,
         )
@@ -376,35 +400,49 @@ class EbpfSource:
 
     # -- emptying the kernel map ----------------------------------------------------------
     def _empty_loop(self) -> None:
-        """Keep the LRU map empty even while the owner is busy (or starved of CPU).
+        """Keep the LRU map from filling even while the owner is busy (or starved of CPU).
 
         Eviction happens when the map fills between two lookup-and-delete passes, so the
         passes must not wait for the (much slower) Python processing of what they took:
-        this thread moves entries from the kernel into `_pending` every EMPTY_INTERVAL_S,
-        at once again when a pass found the map a quarter full; `drain()` processes them.
+        every EMPTY_INTERVAL_S this thread checks how full the map is (entries the
+        program created minus entries drained, both kernel counters) and, from half
+        full, moves its entries into `_pending` for `drain()` to process — again at once
+        while a pass still takes a quarter of the map. Below half it leaves them: an
+        entry kept until the drain folds every later packet of its conversation in, so
+        a busy connection is one entry per drain rather than one per pass (fewer
+        entries to process, fewer created in the kernel, fewer passes racing updates).
         """
+        half, quarter = self.options.map_size // 2, self.options.map_size // 4
         while not self._empty_stop.wait(EMPTY_INTERVAL_S):
             try:
-                while self._empty_map() > self.options.map_size // 4:
-                    if self._empty_stop.is_set():
-                        return
+                while self._occupancy() >= half:
+                    if self._empty_map() < quarter or self._empty_stop.is_set():
+                        break
             except Exception:
                 _log.exception("emptying the flow map failed")
+
+    def _occupancy(self) -> int:
+        """Entries in the flow map now, from the kernel's counters: created minus drained.
+        Entries the LRU evicted still count (an overestimate: the map is emptied sooner)."""
+        created = int(
+            self._bpf["stats"].sum(ctypes.c_uint32(STAT_NAMES.index("flows_created"))).value
+        )
+        drained = int(self._bpf["drained"][ctypes.c_uint32(DR_ENTRIES)].value)
+        return created - drained
 
     def _empty_map(self) -> int:
         with self._map_lock:
             kernel_before = self._read_stats()
-            raw = self._drainer.drain(self._journaled if self._journal else None)
-            packets = nbytes = 0
-            for _key, value in raw:
-                p_from, p_to, b_from, b_to = VALUE.unpack(value)[:4]
-                packets += p_from + p_to
-                nbytes += b_from + b_to
-            self._add_drained(packets=packets, nbytes=nbytes, entries=len(raw))
+            batches = self._drainer.drain(self._journaled if self._journal else None)
+            packets = nbytes = entries = 0
+            for batch in batches:
+                p, b = totals(batch)
+                packets, nbytes, entries = packets + p, nbytes + b, entries + batch[2]
+            self._add_drained(packets=packets, nbytes=nbytes, entries=entries)
             self._account(kernel_before)
-            self._pending.extend(raw)
-            self.stats.max_pass_entries = max(self.stats.max_pass_entries, len(raw))
-        return len(raw)
+            self._pending.extend(batches)
+            self.stats.max_pass_entries = max(self.stats.max_pass_entries, entries)
+        return entries
 
     def _journaled(self, keys: bytes, values: bytes, count: int) -> None:
         """Append one batch to the journal; a failure (a full disk) costs crash safety
@@ -428,30 +466,42 @@ class EbpfSource:
         return False
 
     def drain(self) -> list[Connection]:
+        return [conn for part in self.drain_parts() for conn in part]
+
+    def drain_parts(self) -> Iterator[list[Connection]]:
+        """`drain()` one kernel batch (at most 4,096 entries) at a time: what the owner
+        holds at once stays small however much the drain takes. Consume it whole."""
         if self._closed:
-            return []
+            return
         started = time.monotonic()
         self._empty_map()
         with self._map_lock:
-            raw, self._pending = self._pending, []
+            pending, self._pending = self._pending, []
             if self._journal is not None:
                 self._position = self._journal.rotate()
         self._directory.new_generation()
         offset = time.time_ns() - time.monotonic_ns()
         with self._lock_guard:
             names = dict(self._names)
-        observations = decode(raw, names=names.get, epoch_offset_ns=offset, start_ns=self._start_ns)
-        conns = self._assembler.assemble(observations)
+        entries = 0
+        pending.reverse()  # popped from the end: each batch is freed once assembled
+        while pending:
+            batch = pending.pop()
+            entries += batch[2]
+            yield self._assembler.assemble_entries(
+                batch, names=names.get, epoch_offset_ns=offset, start_ns=self._start_ns
+            )
+        if entries:
+            _trim_heap()
         s, a = self.stats, self._assembler.stats
         s.drains += 1
         s.drain_method = self._drainer.method.value
-        s.last_drain_entries = len(raw)
+        s.last_drain_entries = entries
         s.reported, s.suppressed, s.dnat_resolved = a.reported, a.suppressed, a.dnat_resolved
         s.orientation = dict(a.orientation)
         took = time.monotonic() - started
         s.last_drain_seconds = took
         s.max_drain_seconds = max(s.max_drain_seconds, took)
-        return conns
 
     # -- the journal (`netwatch.capture.journal`; the agent's checkpoint protocol) -------
     @property
@@ -466,7 +516,10 @@ class EbpfSource:
             return 0
         with self._map_lock:
             recovered = self._journal.recover(position)
-            self._pending[:0] = recovered
+            step = self._drainer.chunk
+            self._pending[:0] = [
+                batch_of(recovered[i : i + step]) for i in range(0, len(recovered), step)
+            ]
         if recovered:
             _log.info("recovered %d drained entries from the journal", len(recovered))
         return len(recovered)

@@ -74,6 +74,7 @@ def _open_flows(
         drain_method="auto",
         conntrack=True,
         is_cluster_pod=pods,
+        pods_version=lambda: pods.version,
     )
     options = replace(options, journal_dir=journal_dir)
     if backend == "sniff":

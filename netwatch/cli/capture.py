@@ -86,6 +86,7 @@ def _ebpf_options(**kw: Any) -> EbpfOptions:
         reset=kw["reset"],
         node=kw["node"],
         is_cluster_pod=kw["is_cluster_pod"],
+        pods_version=kw.get("pods_version"),
         drain_method=DrainMethod(kw["drain_method"]),
         conntrack=kw["conntrack"],
     )

@@ -9,8 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from netwatch.capture.accumulate import Accumulator
-from netwatch.capture.bpf_maps import F_FIRST_TO_POD, F_OPENER_FROM_POD, KEY, VALUE, decode
+from netwatch.capture.assemble import Assembler, Observation
 from netwatch.capture.ebpf import EbpfOptions, render_program
+from netwatch.capture.layout import F_FIRST_TO_POD, F_OPENER_FROM_POD, KEY, VALUE, batch_of
 from netwatch.cli.main import cli
 from netwatch.core.flow import Connection, Orientation
 from netwatch.core.model import Protocol
@@ -29,15 +30,33 @@ def entry(
     return key, value
 
 
+class Recording(Assembler):
+    """The real assembler, keeping what the packed entries decoded to."""
+
+    def __init__(self) -> None:
+        super().__init__(node="n1")
+        self.seen: list[Observation] = []
+
+    def assemble(self, observations):  # type: ignore[no-untyped-def,override]
+        self.seen += observations
+        return super().assemble(observations)
+
+
 def test_entries_decode_to_observations_with_epoch_times() -> None:
     raw = [
         entry(4, "10.244.1.2", "203.0.113.10", 6, 0x12 | (0x12 << 8) | F_OPENER_FROM_POD, 2_000),
         entry(6, "fd00::2", "fd00::9", 17, F_FIRST_TO_POD, 500),
         entry(4, "10.0.0.1", "10.0.0.2", 47, 0, 0),  # GRE: not a connection protocol
     ]
-    tcp, udp = decode(
-        raw, names={7: "veth7"}.get, epoch_offset_ns=1_700_000_000 * 10**9, start_ns=1_000
+    asm = Recording()
+    conns = asm.assemble_entries(
+        batch_of(raw),
+        names={7: "veth7"}.get,
+        epoch_offset_ns=1_700_000_000 * 10**9,
+        start_ns=1_000,
     )
+    tcp, udp = asm.seen
+    assert len(conns) == 2
     assert (tcp.pod_ip, tcp.peer_ip, tcp.pod_port, tcp.peer_port) == (
         "10.244.1.2", "203.0.113.10", 40000, 443,
     )  # fmt: skip

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from netwatch.capture.bpf_maps import KEY, VALUE
 from netwatch.capture.journal import Journal, JournalError
+from netwatch.capture.layout import KEY, VALUE
 
 
 def entry(i: int) -> tuple[bytes, bytes]:

@@ -433,9 +433,6 @@ class Assembler:
             backend = (dnat.backend_ip, dnat.backend_port)
             cid, pod_first = self._cid(obs.protocol, obs.pod, backend)
             self._dnat_post[cid] = (dnat, obs.last_seen)
-            remembered = self._memory.get(cid)
-            if remembered is not None:  # the server side's later entries name the Service
-                remembered.service = dnat
             out.append(_Resolved(obs, backend, dnat, cid, pod_first))
         return out
 
@@ -460,7 +457,7 @@ class Assembler:
             orientation=orientation,
             last_seen=last,
             closed=closed,
-            service=post[0] if post is not None else None,
+            service=post[0] if post is not None else None,  # the server side names it
             server_pod=self.is_pod(server[0]),
             version=self._version(),
         )

@@ -72,3 +72,37 @@ def test_ipv4_and_ipv6_connections_match_tcpdump_with_every_drain_method(
             assert recs[0]["orientation"] == ("syn" if protocol == "TCP" else "socket")
             assert recs[0]["interface"] == server_pod.interface
         assert_clean(node.netns)
+
+
+def test_a_busy_connection_is_one_map_entry_per_veth_per_drain(tmp_path: Path) -> None:
+    """Below half full the map is left to the drain: a connection sending every 200 ms
+    is drained as one entry per veth, not one per 250 ms pass — and still counted as
+    tcpdump saw it."""
+    require_privileges()
+    with mini_node() as node, peers() as p:
+        client_pod, server_pod = node.pods
+        p.server(server_pod.netns, "0.0.0.0:7070")
+        capture = Capture(
+            node.netns, tmp_path=tmp_path, name="busy", node="mini",
+            args=["--drain-interval", "60"],
+        ).start()  # fmt: skip
+        dump = Tcpdump(node.netns, server_pod.interface, tmp_path / "server.pcap")
+        try:
+            cli = p.client(client_pod.netns)
+            cport = int(cli("tcp_open", "t", server_pod.ipv4, 7070)[0])
+            for _ in range(12):
+                cli("tcp_send", "t", 1000)
+                time.sleep(0.2)
+            cli("tcp_close", "t")
+            time.sleep(1.0)
+        finally:
+            counts = pcap_counts(dump.stop())
+            result = capture.stop()
+        assert result.returncode == 0, result.stderr
+        # drained at the stop: the connection's entry on each of the two pod veths
+        assert result.stats["drained_entries"] == 2, result.stats
+        [rec] = find(result.records, protocol="TCP", client_port=cport, server_port=7070)
+        truth = view(counts, protocol="TCP", client=(client_pod.ipv4, cport),
+                     server=(server_pod.ipv4, 7070))  # fmt: skip
+        assert record_view(rec) == truth
+        assert_clean(node.netns)

@@ -73,6 +73,7 @@ PROTOCOLS = {
 _NUMBERS = {Protocol.TCP: 6, Protocol.UDP: 17, Protocol.SCTP: 132, Protocol.ICMP: 1}
 _NEWS = F_OPENER_FROM_POD | F_OPENER_TO_POD | (_FIN | _RST) | ((_FIN | _RST) << 8)
 """Flag bits that may change a remembered decision: such entries take the slow path."""
+_OPENERS = F_OPENER_FROM_POD | F_OPENER_TO_POD
 _ENDS = struct.Struct(">BB16sH16sH")
 _CACHE_MAX = 65536
 Endpoint = tuple[str, int]
@@ -234,6 +235,8 @@ class Assembler:
         self.addresses = Addresses()
         self.stats = AssemblyStats()
         self._pruned_at = 0.0
+        self._latest = 0.0
+        """The newest `last_seen` assembled (epoch seconds): the clock of pruning."""
 
     @property
     def local_pods(self) -> dict[str, int]:
@@ -268,9 +271,18 @@ class Assembler:
         names: Callable[[int], str | None],
         epoch_offset_ns: int,
         start_ns: int,
+        defer: list[tuple[bytes, bytes]] | None = None,
     ) -> list[Connection]:
         """`assemble` for packed kernel entries; remembered conversations skip decoding
-        (see the module doc). Times: kernel monotonic ns + `epoch_offset_ns` = epoch ns."""
+        (see the module doc). Times: kernel monotonic ns + `epoch_offset_ns` = epoch ns.
+
+        With `defer`, an entry of a conversation not decided yet that carries no opener
+        bits is appended there (packed) instead: the owner assembles those last, once
+        the other parts of the drain — which may hold the same conversation's SYN — are
+        in. The drain's batches come in hash order, so without this a short
+        connection's last ACK would often come first and be oriented from the socket
+        tables (slow on a node with tens of thousands of sockets) or by port guess.
+        Call `end_drain()` after the drain's last batch."""
         keys, values, _count = batch
         memory_get, text, pack = self._memory.get, self.addresses.text, _ENDS.pack
         version = self._version()
@@ -290,6 +302,9 @@ class Assembler:
             else:
                 m = memory_get(pack(family, number, peer_a, peer_p, pod_a, pod_p))
                 pod_first = False
+            if m is None and defer is not None and not flags & _OPENERS:
+                defer.append((KEY.pack(*key), VALUE.pack(*value)))
+                continue
             if m is None or flags & _NEWS:
                 slow.append(self._observation(key, value, names, epoch_offset_ns, start_ns))
                 continue
@@ -328,11 +343,16 @@ class Assembler:
             name = m.orientation.value
             counts[name] = counts.get(name, 0) + 1
         stats.reported += len(out)
+        if latest:
+            self._latest = max(self._latest, (latest + epoch_offset_ns) / 1e9)
         if slow:
-            out.extend(self.assemble(slow))
-        elif latest:
-            self._prune((latest + epoch_offset_ns) / 1e9)
+            out.extend(self.assemble(slow, prune=False))
         return out
+
+    def end_drain(self) -> None:
+        """Forget idle and closed conversations — once per drain, after its last batch
+        (never between two, where a conversation's later entries may still come)."""
+        self._prune(self._latest)
 
     def _observation(
         self,
@@ -373,7 +393,11 @@ class Assembler:
         return m.server_pod
 
     # -- decoded observations -------------------------------------------------------------
-    def assemble(self, observations: Sequence[Observation]) -> list[Connection]:
+    def assemble(
+        self, observations: Sequence[Observation], *, prune: bool = True
+    ) -> list[Connection]:
+        """Orient, resolve and count once (the module doc); `prune=False`: a drain's
+        batch, pruned by `end_drain()` instead."""
         if not observations:
             return []
         local = self._local_pods
@@ -398,7 +422,10 @@ class Assembler:
                     name = memory.orientation.value
                     counts[name] = counts.get(name, 0) + 1
                     out.append(conn)
-        self._prune(max(o.last_seen for o in observations))
+        newest = max(o.last_seen for o in observations)
+        self._latest = max(self._latest, newest)
+        if prune:
+            self._prune(self._latest)
         return out
 
     # -- ClusterIP ------------------------------------------------------------------

@@ -484,13 +484,27 @@ class EbpfSource:
         with self._lock_guard:
             names = dict(self._names)
         entries = 0
+        deferred: list[tuple[bytes, bytes]] = []
         pending.reverse()  # popped from the end: each batch is freed once assembled
         while pending:
             batch = pending.pop()
             entries += batch[2]
             yield self._assembler.assemble_entries(
-                batch, names=names.get, epoch_offset_ns=offset, start_ns=self._start_ns
+                batch,
+                names=names.get,
+                epoch_offset_ns=offset,
+                start_ns=self._start_ns,
+                defer=deferred,
             )
+        step = self._drainer.chunk
+        for i in range(0, len(deferred), step):
+            yield self._assembler.assemble_entries(
+                batch_of(deferred[i : i + step]),
+                names=names.get,
+                epoch_offset_ns=offset,
+                start_ns=self._start_ns,
+            )
+        self._assembler.end_drain()
         if entries:
             _trim_heap()
         s, a = self.stats, self._assembler.stats

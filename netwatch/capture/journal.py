@@ -1,8 +1,9 @@
 """A write-ahead journal of what the eBPF backend took out of the kernel map.
 
-Lookup-and-delete empties the kernel's flow map every 250 ms; until the agent has
-counted those entries *and* checkpointed the counters, they exist only in the process's
-memory, and a `kill -9` would lose them. So every batch is appended here right after the
+Lookup-and-delete takes entries out of the kernel's flow map (each drain, and the
+emptier thread whenever the map is half full); until the agent has counted those
+entries *and* checkpointed the counters, they exist only in the process's memory, and a
+`kill -9` would lose them. So every batch is appended here right after the
 syscall returns it, before anything else happens to it (`MapDrainer.drain(record=...)`).
 
 Segments: `seg-<n>.bin`, numbered upwards. The emptier appends to the current segment;

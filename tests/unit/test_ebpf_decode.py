@@ -37,9 +37,9 @@ class Recording(Assembler):
         super().__init__(node="n1")
         self.seen: list[Observation] = []
 
-    def assemble(self, observations):  # type: ignore[no-untyped-def,override]
+    def assemble(self, observations, *, prune=True):  # type: ignore[no-untyped-def,override]
         self.seen += observations
-        return super().assemble(observations)
+        return super().assemble(observations, prune=prune)
 
 
 def test_entries_decode_to_observations_with_epoch_times() -> None:

@@ -107,15 +107,20 @@ class Counting(Assembler):
         super().__init__(node="n1", **kw)  # type: ignore[arg-type]
         self.decoded = 0
 
-    def assemble(self, observations: Sequence[Observation]) -> list[Connection]:
+    def assemble(
+        self, observations: Sequence[Observation], *, prune: bool = True
+    ) -> list[Connection]:
         self.decoded += len(observations)
-        return super().assemble(observations)
+        return super().assemble(observations, prune=prune)
 
 
 def fast(asm: Assembler, *drain: tuple[bytes, bytes]) -> list[Connection]:
-    return asm.assemble_entries(
+    """One drain of one batch, as `EbpfSource.drain_parts` runs it (nothing deferred)."""
+    out = asm.assemble_entries(
         batch_of(list(drain)), names=NAMES, epoch_offset_ns=OFFSET, start_ns=0
     )
+    asm.end_drain()
+    return out
 
 
 def both(
@@ -238,3 +243,38 @@ def test_batches_round_trip_and_sum_their_counters() -> None:
     assert totals(batch) == (sum(range(5)) + 5, sum(100 * i for i in range(5)) + 5 * 60)
     assert totals((b"", b"", 0)) == (0, 0)
     assert struct.calcsize("<16s16sHHIBB2x") == KEY.size == 44 and VALUE.size == 56
+
+
+def test_entries_without_an_opener_wait_for_the_rest_of_the_drain() -> None:
+    """A drain's batches come in hash order: a short connection's last ACK may come
+    before its SYN. Deferred to the end of the drain, it is decided by that SYN — not by
+    the pods' socket tables (costly to read) or a port guess."""
+    asked: list[int] = []
+
+    def sockets(ifindex: int) -> None:
+        asked.append(ifindex)
+
+    def drain(*, defer: bool) -> list[Connection]:
+        asm = Assembler(node="n1", is_cluster_pod=cluster_pods, sockets=sockets)
+        late_ack = entry(IF_B, (B, 8080), (A, 40000), at=1, flags=0x10 << 8)
+        syn_and_fin = entry(
+            IF_B, (B, 8080), (A, 40000), at=0, flags=F_OPENER_TO_POD | 0x13 | 0x13 << 8
+        )
+        deferred: list[tuple[bytes, bytes]] | None = [] if defer else None
+        out = []
+        for part in ([late_ack], [syn_and_fin]):
+            out += asm.assemble_entries(
+                batch_of(part), names=NAMES, epoch_offset_ns=OFFSET, start_ns=0, defer=deferred
+            )
+        if deferred:
+            out += asm.assemble_entries(
+                batch_of(deferred), names=NAMES, epoch_offset_ns=OFFSET, start_ns=0
+            )
+        asm.end_drain()
+        return out
+
+    deferred = drain(defer=True)
+    assert [c.orientation for c in deferred] == [Orientation.SYN, Orientation.SYN]
+    assert asked == []
+    drain(defer=False)
+    assert asked  # without deferring, the ACK alone sends the assembler to the sockets

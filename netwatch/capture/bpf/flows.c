@@ -19,7 +19,7 @@
 //   * Aggregation happens in an LRU hash (`flows`, NW_MAP_SIZE entries) drained by
 //     userspace with BPF_MAP_LOOKUP_AND_DELETE_BATCH; the fallbacks (per-key
 //     lookup-and-delete, then lookup + delete) live in userspace (bpf_maps.py); a
-//     userspace thread empties the map every 250 ms.
+//     userspace thread checks the fill every 250 ms and empties the map from half full.
 //   * All maps are pinned under NW_PIN_DIR (BPF_TABLE_PINNED): a restarted capture process
 //     reuses them, and programs left attached keep counting into them meanwhile, so what
 //     was not drained yet is drained by the next process — nothing lost, nothing twice.

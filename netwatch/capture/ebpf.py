@@ -87,6 +87,13 @@ class EbpfOptions:
     proc: Path = Path("/proc")
     journal_dir: Path | None = None
     """Write-ahead journal of drained entries (`journal`); the agent's `--state-dir`."""
+    backlog: int | None = None
+    """Most drained entries waiting for the owner's next drain (default: twice the map).
+    At the limit the emptier pauses and the kernel map takes the overflow, then its LRU
+    (evictions are counted as lost): memory stays bounded when the owner falls behind."""
+
+    def backlog_limit(self) -> int:
+        return self.backlog if self.backlog is not None else 2 * self.map_size
 
     def resolved_pin_dir(self) -> Path:
         return self.pin_dir if self.pin_dir is not None else bpffs.default_pin_dir()
@@ -140,6 +147,11 @@ class CaptureStats:
     orientation: dict[str, int] = field(default_factory=dict)
     journal_errors: int = 0
     """Batches the write-ahead journal could not take (`--state-dir` full or gone)."""
+    max_backlog_entries: int = 0
+    """Most entries the emptier left waiting for the next drain (at most the backlog
+    limit plus one pass)."""
+    emptier_paused: int = 0
+    """Checks that found the map half full but the backlog at its limit (not emptied)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -214,6 +226,8 @@ class EbpfSource:
         self._watch_attacher: TcAttacher | None = None
         self._map_lock = threading.Lock()
         self._pending: list[Batch] = []
+        self._backlog = 0
+        """Entries in `_pending`."""
         self._journal: Journal | None = None
         self._position = 0
         self._empty_stop = threading.Event()
@@ -413,13 +427,33 @@ class EbpfSource:
         entries to process, fewer created in the kernel, fewer passes racing updates).
         """
         half, quarter = self.options.map_size // 2, self.options.map_size // 4
+        limit, paused = self.options.backlog_limit(), False
         while not self._empty_stop.wait(EMPTY_INTERVAL_S):
             try:
                 while self._occupancy() >= half:
-                    if self._empty_map() < quarter or self._empty_stop.is_set():
+                    if self._backlog >= limit:
+                        paused = self._pause(paused)
+                        break
+                    paused = False
+                    taken = self._empty_map()
+                    self.stats.max_backlog_entries = max(
+                        self.stats.max_backlog_entries, self._backlog
+                    )
+                    if taken < quarter or self._empty_stop.is_set():
                         break
             except Exception:
                 _log.exception("emptying the flow map failed")
+
+    def _pause(self, paused: bool) -> bool:
+        """The owner is behind by a whole backlog: leave the entries in the kernel map."""
+        self.stats.emptier_paused += 1
+        if not paused:
+            _log.warning(
+                "capture falling behind: %d drained entries wait for the drain; the kernel "
+                "map is left to fill (what its LRU evicts is counted as lost)",
+                self._backlog,
+            )
+        return True
 
     def _occupancy(self) -> int:
         """Entries in the flow map now, from the kernel's counters: created minus drained.
@@ -441,6 +475,7 @@ class EbpfSource:
             self._add_drained(packets=packets, nbytes=nbytes, entries=entries)
             self._account(kernel_before)
             self._pending.extend(batches)
+            self._backlog += entries
             self.stats.max_pass_entries = max(self.stats.max_pass_entries, entries)
         return entries
 
@@ -476,7 +511,7 @@ class EbpfSource:
         started = time.monotonic()
         self._empty_map()
         with self._map_lock:
-            pending, self._pending = self._pending, []
+            pending, self._pending, self._backlog = self._pending, [], 0
             if self._journal is not None:
                 self._position = self._journal.rotate()
         self._directory.new_generation()
@@ -534,6 +569,7 @@ class EbpfSource:
             self._pending[:0] = [
                 batch_of(recovered[i : i + step]) for i in range(0, len(recovered), step)
             ]
+            self._backlog += len(recovered)
         if recovered:
             _log.info("recovered %d drained entries from the journal", len(recovered))
         return len(recovered)

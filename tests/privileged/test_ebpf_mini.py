@@ -106,3 +106,35 @@ def test_a_busy_connection_is_one_map_entry_per_veth_per_drain(tmp_path: Path) -
                      server=(server_pod.ipv4, 7070))  # fmt: skip
         assert record_view(rec) == truth
         assert_clean(node.netns)
+
+
+def test_a_capture_that_falls_behind_keeps_its_backlog_bounded(tmp_path: Path) -> None:
+    """Nobody drains (a starved owner): the emptier takes at most a backlog of twice the
+    map, then leaves the entries to the kernel map, whose LRU evicts what does not fit
+    — counted as lost, said in the log — instead of the process growing without bound."""
+    require_privileges()
+    with mini_node() as node, peers() as p:
+        client_pod, server_pod = node.pods
+        p.server(server_pod.netns, "0.0.0.0:7070")
+        capture = Capture(
+            node.netns, tmp_path=tmp_path, name="behind", node="mini",
+            args=["--map-size", "64", "--drain-interval", "600"],
+        ).start()  # fmt: skip
+        try:
+            cli = p.client(client_pod.netns)
+            for i in range(300):  # 300 UDP flows: 600 entries, one per flow per veth
+                cli("udp_open", f"u{i}", server_pod.ipv4, 7070, 1)
+                cli("udp_send", f"u{i}", 32)
+                if i % 50 == 49:
+                    time.sleep(0.6)  # let the emptier's 250 ms checks see the map fill
+        finally:
+            result = capture.stop()
+        assert result.returncode == 0, result.stderr
+        stats = result.stats
+        assert stats["emptier_paused"] > 0, stats
+        # the limit, plus at most one pass of the emptier: what the map held then
+        assert 128 <= stats["max_backlog_entries"] <= 128 + stats["max_pass_entries"], stats
+        assert stats["max_pass_entries"] <= 64 + 16, stats  # an LRU map of 64 (+ slack)
+        assert stats["evicted_entries"] > 0 and stats["lost_packets"] > 0, stats
+        assert "capture falling behind" in result.stderr
+        assert_clean(node.netns)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import replace
 
-from netwatch.capture.assemble import MergeKey, merge_key
+from netwatch.capture.observation import MergeKey, merge_key
 from netwatch.core.flow import Connection, Orientation
 
 _RANK = {Orientation.SYN: 0, Orientation.SOCKET: 1, Orientation.HEURISTIC: 2}

@@ -41,127 +41,33 @@ moves the report to its veth as the slow path would.
 
 from __future__ import annotations
 
-import socket
-import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from netwatch.capture.conntrack import ConntrackReader, Dnat, Query
-from netwatch.capture.layout import (
-    F_FIRST_TO_POD,
-    F_OPENER_FROM_POD,
-    F_OPENER_TO_POD,
-    KEY,
-    VALUE,
-    Batch,
-)
+from netwatch.capture.layout import F_OPENER_FROM_POD, F_OPENER_TO_POD, KEY, VALUE, Batch
 from netwatch.capture.listeners import End, SocketTable, server_by_sockets
+from netwatch.capture.observation import (
+    CACHE_MAX,
+    ENDS,
+    PROTOCOLS,
+    Addresses,
+    ConnId,
+    Endpoint,
+    Observation,
+    conv_key,
+    observation,
+    protocol_number,
+)
 from netwatch.capture.packets import heuristic_server_is_low
 from netwatch.core.flow import Connection, Orientation
 from netwatch.core.model import Protocol
 
 _FIN, _RST = 0x01, 0x04
 _TRANSPORTS = (Protocol.TCP, Protocol.UDP, Protocol.SCTP)
-PROTOCOLS = {
-    6: Protocol.TCP,
-    17: Protocol.UDP,
-    132: Protocol.SCTP,
-    1: Protocol.ICMP,
-    58: Protocol.ICMP,
-}
-"""IP protocol numbers of `struct flow_key.proto` that are connections; others are skipped."""
-_NUMBERS = {Protocol.TCP: 6, Protocol.UDP: 17, Protocol.SCTP: 132, Protocol.ICMP: 1}
 _NEWS = F_OPENER_FROM_POD | F_OPENER_TO_POD | (_FIN | _RST) | ((_FIN | _RST) << 8)
 """Flag bits that may change a remembered decision: such entries take the slow path."""
 _OPENERS = F_OPENER_FROM_POD | F_OPENER_TO_POD
-_ENDS = struct.Struct(">BB16sH16sH")
-_CACHE_MAX = 65536
-Endpoint = tuple[str, int]
-ConnId = bytes
-"""`conv_key`: family, protocol number, then both ends (address, port), smaller first."""
-MergeKey = tuple[Protocol, Endpoint, Endpoint]
-
-
-@dataclass(frozen=True, slots=True)
-class Observation:
-    """One drained kernel entry: a conversation as seen on one host-side veth."""
-
-    ifindex: int
-    interface: str | None
-    protocol: Protocol
-    pod_ip: str
-    pod_port: int
-    peer_ip: str
-    peer_port: int
-    packets_from_pod: int
-    bytes_from_pod: int
-    packets_to_pod: int
-    bytes_to_pod: int
-    first_seen: float
-    last_seen: float
-    tcp_flags_from_pod: int = 0
-    tcp_flags_to_pod: int = 0
-    opener_from_pod: bool = False
-    opener_to_pod: bool = False
-    first_to_pod: bool = False
-    began_in_capture: bool = False
-    """The kernel entry was created after this capture started (its first packet is known)."""
-
-    @property
-    def pod(self) -> Endpoint:
-        return (self.pod_ip, self.pod_port)
-
-    @property
-    def peer(self) -> Endpoint:
-        return (self.peer_ip, self.peer_port)
-
-
-class Addresses:
-    """Packed kernel addresses ↔ text, cached: a node talks to few addresses, often.
-
-    The text of an address is one shared `str` however many records carry it (memory),
-    and converting it costs a dict lookup instead of `inet_ntop` (time). Bounded: a
-    cache past `_CACHE_MAX` addresses (a scan) starts over.
-    """
-
-    def __init__(self) -> None:
-        self._text: tuple[dict[bytes, str], dict[bytes, str]] = ({}, {})
-        self._packed: dict[str, tuple[int, bytes]] = {}
-
-    def text(self, addr: bytes, family: int) -> str:
-        cache = self._text[family == 6]
-        found = cache.get(addr)
-        if found is None:
-            if len(cache) >= _CACHE_MAX:
-                cache.clear()
-            if family == 6:
-                found = socket.inet_ntop(socket.AF_INET6, addr)
-            else:
-                found = socket.inet_ntop(socket.AF_INET, addr[:4])
-            cache[addr] = found
-        return found
-
-    def packed(self, ip: str) -> tuple[int, bytes]:
-        """(family, the 16 bytes `struct flow_key` holds) of a textual address."""
-        found = self._packed.get(ip)
-        if found is None:
-            if len(self._packed) >= _CACHE_MAX:
-                self._packed.clear()
-            if ":" in ip:
-                found = (6, socket.inet_pton(socket.AF_INET6, ip))
-            else:
-                found = (4, socket.inet_pton(socket.AF_INET, ip).ljust(16, b"\0"))
-            self._packed[ip] = found
-        return found
-
-
-def conv_key(  # noqa: PLR0917 - mirrors the key fields, called once per entry
-    family: int, number: int, a_addr: bytes, a_port: int, b_addr: bytes, b_port: int
-) -> tuple[ConnId, bool]:
-    """A conversation's identity, the same from either end; True when `a` comes first."""
-    if (a_addr, a_port) <= (b_addr, b_port):
-        return _ENDS.pack(family, number, a_addr, a_port, b_addr, b_port), True
-    return _ENDS.pack(family, number, b_addr, b_port, a_addr, a_port), False
 
 
 @dataclass(slots=True)
@@ -260,8 +166,7 @@ class Assembler:
     def _cid(self, protocol: Protocol, a: Endpoint, b: Endpoint) -> tuple[ConnId, bool]:
         family, a_addr = self.addresses.packed(a[0])
         _, b_addr = self.addresses.packed(b[0])
-        number = 58 if protocol is Protocol.ICMP and family == 6 else _NUMBERS[protocol]
-        return conv_key(family, number, a_addr, a[1], b_addr, b[1])
+        return conv_key(family, protocol_number(protocol, family), a_addr, a[1], b_addr, b[1])
 
     # -- the kernel's entries -----------------------------------------------------------
     def assemble_entries(
@@ -284,7 +189,7 @@ class Assembler:
         tables (slow on a node with tens of thousands of sockets) or by port guess.
         Call `end_drain()` after the drain's last batch."""
         keys, values, _count = batch
-        memory_get, text, pack = self._memory.get, self.addresses.text, _ENDS.pack
+        memory_get, text, pack = self._memory.get, self.addresses.text, ENDS.pack
         version = self._version()
         node, stats, counts = self._node, self.stats, self.stats.orientation
         slow: list[Observation] = []
@@ -306,7 +211,7 @@ class Assembler:
                 defer.append((KEY.pack(*key), VALUE.pack(*value)))
                 continue
             if m is None or flags & _NEWS:
-                slow.append(self._observation(key, value, names, epoch_offset_ns, start_ns))
+                slow.append(observation(key, value, text, names, epoch_offset_ns, start_ns))
                 continue
             last = (last_ns + epoch_offset_ns) / 1e9
             m.last_seen = max(m.last_seen, last)
@@ -353,39 +258,6 @@ class Assembler:
         """Forget idle and closed conversations — once per drain, after its last batch
         (never between two, where a conversation's later entries may still come)."""
         self._prune(self._latest)
-
-    def _observation(
-        self,
-        key: tuple[bytes, bytes, int, int, int, int, int],
-        value: tuple[int, ...],
-        names: Callable[[int], str | None],
-        epoch_offset_ns: int,
-        start_ns: int,
-    ) -> Observation:
-        pod_a, peer_a, pod_p, peer_p, ifindex, number, family = key
-        p_from, p_to, b_from, b_to, first_ns, last_ns, flags = value
-        text = self.addresses.text
-        return Observation(
-            ifindex,
-            names(ifindex),
-            PROTOCOLS[number],
-            text(pod_a, family),
-            pod_p,
-            text(peer_a, family),
-            peer_p,
-            p_from,
-            b_from,
-            p_to,
-            b_to,
-            (first_ns + epoch_offset_ns) / 1e9,
-            (last_ns + epoch_offset_ns) / 1e9,
-            flags & 0xFF,
-            (flags >> 8) & 0xFF,
-            bool(flags & F_OPENER_FROM_POD),
-            bool(flags & F_OPENER_TO_POD),
-            bool(flags & F_FIRST_TO_POD),
-            first_ns >= start_ns,
-        )
 
     def _recheck(self, m: _Memory, version: tuple[int, int]) -> bool:
         m.server_pod = self.is_pod(m.server[0])
@@ -473,7 +345,7 @@ class Assembler:
         )
         server, orientation = self._decide(cid, members)
         server = self._servers.setdefault(server, server)
-        if len(self._servers) > _CACHE_MAX:
+        if len(self._servers) > CACHE_MAX:
             self._servers.clear()
         first = members[0]
         server_first = first.pod_first if server == first.obs.pod else not first.pod_first
@@ -583,9 +455,3 @@ class Assembler:
         self._dnat_post = {
             k: v for k, v in self._dnat_post.items() if v[1] >= idle or k in self._memory
         }
-
-
-def merge_key(conn: Connection) -> MergeKey:
-    """Identity of a conversation independent of its orientation (for summing deltas)."""
-    a, b = (conn.client_ip, conn.client_port), (conn.server_ip, conn.server_port)
-    return (conn.protocol, a, b) if a <= b else (conn.protocol, b, a)

@@ -15,22 +15,21 @@ or, keeping a busy node's drain small in memory, `for part in source.drain_parts
 `stop()` detaches first so the final drain misses nothing; with `persist=True` it leaves
 the programs attached and the maps pinned instead, and the next process — attaching with
 `replace`, no gap — drains what this one did not: a restart neither loses nor
-double-counts. A thread of its own watches the kernel map every 250 ms and empties it
-into memory from half full, so the Python processing in `drain()` never lets the LRU
-map fill and evict; what it takes waits packed (`layout.Batch`, 100 bytes an entry).
-Draining (batch lookup-and-delete with fallbacks) lives in `bpf_maps`, decoding and the
-counted-once rule in `assemble`.
+double-counts. A thread of its own (`emptier`) watches the kernel map every 250 ms and
+empties it into memory from half full, so the Python processing in `drain()` never lets
+the LRU map fill and evict; what it takes waits packed (`layout.Batch`, 100 bytes an
+entry). Draining (batch lookup-and-delete with fallbacks) lives in `bpf_maps`, decoding
+and the counted-once rule in `assemble`, the process's own memory in `heap`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -44,18 +43,17 @@ from netwatch.capture.bpf_maps import (
     BPF_MAP_TYPE_ARRAY,
     BPF_MAP_TYPE_HASH_LRU,
     BPF_MAP_TYPE_PERCPU_ARRAY,
-    DR_BYTES,
-    DR_ENTRIES,
-    DR_PACKETS,
     STAT_NAMES,
     CaptureSetupError,
     DrainMethod,
     MapDrainer,
 )
 from netwatch.capture.conntrack import ConntrackReader
+from netwatch.capture.emptier import CaptureStats, MapEmptier
+from netwatch.capture.heap import keep_batches_off_the_heap, return_compiler_memory, trim_heap
 from netwatch.capture.journal import Journal, JournalError
 from netwatch.capture.kernel_src import ensure_kernel_source
-from netwatch.capture.layout import KEY, VALUE, Batch, batch_of, totals
+from netwatch.capture.layout import KEY, VALUE, batch_of
 from netwatch.capture.listeners import NetnsDirectory, SocketTable
 from netwatch.capture.netlink_watch import LinkWatcher
 from netwatch.core.flow import Connection
@@ -63,8 +61,6 @@ from netwatch.core.flow import Connection
 _log = logging.getLogger("netwatch.capture")
 
 PROGRAM_FILE = "flows.c"
-EMPTY_INTERVAL_S = 0.25
-"""How often the kernel map's fill is checked, whatever the owner's drain interval."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,97 +114,6 @@ def render_program(options: EbpfOptions) -> str:
     )
 
 
-@dataclass(slots=True)
-class CaptureStats:
-    backend: str = "ebpf"
-    drain_method: str = ""
-    drains: int = 0
-    map_size: int = 0
-    last_drain_entries: int = 0
-    max_pass_entries: int = 0
-    """Most entries one lookup-and-delete pass took from the map (vs `map_size`)."""
-    last_drain_seconds: float = 0.0
-    max_drain_seconds: float = 0.0
-    kernel: dict[str, int] = field(default_factory=dict)
-    """Cumulative since the pinned maps were created (they survive restarts)."""
-    drained_packets: int = 0
-    drained_bytes: int = 0
-    drained_entries: int = 0
-    evicted_entries: int = 0
-    """LRU evictions (entries created but never drained); a lower bound while traffic flows."""
-    lost_packets: int = 0
-    """Counted by the kernel but never drained (evictions, update failures, races)."""
-    lost_bytes: int = 0
-    interfaces: list[str] = field(default_factory=list)
-    attach_errors: int = 0
-    reported: int = 0
-    suppressed: int = 0
-    dnat_resolved: int = 0
-    orientation: dict[str, int] = field(default_factory=dict)
-    journal_errors: int = 0
-    """Batches the write-ahead journal could not take (`--state-dir` full or gone)."""
-    max_backlog_entries: int = 0
-    """Most entries the emptier left waiting for the next drain (at most the backlog
-    limit plus one pass)."""
-    emptier_paused: int = 0
-    """Checks that found the map half full but the backlog at its limit (not emptied)."""
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-_COMPILER_LIBRARIES = ("libbcc", "LLVM", "clang")
-_MADV_PAGEOUT = 21  # Linux >= 5.4; older kernels answer EINVAL, and nothing changes
-_M_MMAP_THRESHOLD = -3  # mallopt(3)
-_BATCH_MMAP_BYTES = 64 * 1024
-
-
-def _keep_batches_off_the_heap() -> None:
-    """Drained batches (180 to 230 KiB each, hundreds per drain on a busy node) are
-    allocated in one thread and freed in another, a drain later. glibc's adaptive mmap
-    threshold soon moves blocks that size into its heaps, whose freed holes stay
-    resident; a fixed threshold keeps each batch in a mapping of its own, returned to
-    the kernel the moment it is freed. Process-wide: large blocks of any origin."""
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: its own policy
-        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, _BATCH_MMAP_BYTES)
-
-
-def _trim_heap() -> None:
-    """Return the heap's free pages after a drain (its transient records freed)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def _return_compiler_memory(maps: Path = Path("/proc/self/maps")) -> None:
-    """Give back what bcc's clang/LLVM compile left resident, once the programs are loaded.
-
-    Two parts, both measured on this machine right after setup: (1) the compile's heap,
-    which glibc keeps in its arenas after LLVM frees it — `malloc_trim(0)` returns about
-    37 MiB (RssAnon 78 → 40 MiB); (2) the compiler's code, ~90 MiB of libbcc/LLVM/clang
-    text pages touched once by the compile — `madvise(MADV_PAGEOUT)` on those read-only
-    file mappings drops them (RssFile 91 → 15 MiB; VmRSS 132 → 55 MiB). Clean file pages
-    only: writable mappings are left alone (nothing goes to swap), and a page needed
-    again later is simply read back. Not glibc, or an older kernel: nothing happens.
-    """
-    with contextlib.suppress(OSError, AttributeError):  # musl and friends: no malloc_trim
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        madvise = libc.madvise
-        lines = maps.read_text().splitlines()
-    except (OSError, AttributeError):
-        return
-    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    for line in lines:
-        fields = line.split()
-        if len(fields) < 6 or "w" in fields[1]:
-            continue
-        if not any(name in fields[5] for name in _COMPILER_LIBRARIES):
-            continue
-        low, high = (int(x, 16) for x in fields[0].split("-"))
-        madvise(low, high - low, _MADV_PAGEOUT)
-
-
 class EbpfSource:
     """`FlowSource` over the TC programs of one network namespace (the node's)."""
 
@@ -224,16 +129,9 @@ class EbpfSource:
         self._closed = False
         self._watcher: LinkWatcher | None = None
         self._watch_attacher: TcAttacher | None = None
-        self._map_lock = threading.Lock()
-        self._pending: list[Batch] = []
-        self._backlog = 0
-        """Entries in `_pending`."""
+        self._emptier: MapEmptier | None = None
         self._journal: Journal | None = None
         self._position = 0
-        self._empty_stop = threading.Event()
-        self._emptier = threading.Thread(
-            target=self._empty_loop, name="netwatch-drain", daemon=True
-        )
         self.stats = CaptureStats(map_size=options.map_size)
         try:
             ensure_kernel_source()
@@ -249,7 +147,8 @@ class EbpfSource:
 
     def _abort(self) -> None:
         """Undo a half-done setup: nothing attached or pinned may outlive a failed start."""
-        self._empty_stop.set()
+        if self._emptier is not None:
+            self._emptier.stop()
         with contextlib.suppress(Exception):
             if self._watcher is not None:
                 self._watcher.stop()
@@ -291,8 +190,8 @@ class EbpfSource:
             egress = self._bpf.load_func("nw_egress", BPF.SCHED_CLS)
         except Exception as exc:
             raise CaptureSetupError(f"cannot compile/load the capture program: {exc}") from exc
-        _return_compiler_memory()
-        _keep_batches_off_the_heap()
+        return_compiler_memory()
+        keep_batches_off_the_heap()
         self._fds = (ingress.fd, egress.fd)
         self._prog_names = (ingress.name, egress.name)
         flows = self._bpf["flows"]
@@ -306,6 +205,14 @@ class EbpfSource:
                 )
             except JournalError as exc:
                 raise CaptureSetupError(str(exc)) from exc
+        self._emptier = MapEmptier(
+            bpf=self._bpf,
+            drainer=self._drainer,
+            journal=self._journal,
+            stats=self.stats,
+            map_size=self.options.map_size,
+            backlog=self.options.backlog_limit(),
+        )
         self._start_ns = time.monotonic_ns()
         self._directory = NetnsDirectory(nsid_of=self._nsid_of, proc=self.options.proc)
         conntrack = None
@@ -412,89 +319,6 @@ class EbpfSource:
         with self._lock_guard:
             return sorted(link.name for link in self._links.values())
 
-    # -- emptying the kernel map ----------------------------------------------------------
-    def _empty_loop(self) -> None:
-        """Keep the LRU map from filling even while the owner is busy (or starved of CPU).
-
-        Eviction happens when the map fills between two lookup-and-delete passes, so the
-        passes must not wait for the (much slower) Python processing of what they took:
-        every EMPTY_INTERVAL_S this thread checks how full the map is (entries the
-        program created minus entries drained, both kernel counters) and, from half
-        full, moves its entries into `_pending` for `drain()` to process — again at once
-        while a pass still takes a quarter of the map. Below half it leaves them: an
-        entry kept until the drain folds every later packet of its conversation in, so
-        a busy connection is one entry per drain rather than one per pass (fewer
-        entries to process, fewer created in the kernel, fewer passes racing updates).
-        """
-        half, quarter = self.options.map_size // 2, self.options.map_size // 4
-        limit, paused = self.options.backlog_limit(), False
-        while not self._empty_stop.wait(EMPTY_INTERVAL_S):
-            try:
-                while self._occupancy() >= half:
-                    if self._backlog >= limit:
-                        paused = self._pause(paused)
-                        break
-                    paused = False
-                    taken = self._empty_map()
-                    self.stats.max_backlog_entries = max(
-                        self.stats.max_backlog_entries, self._backlog
-                    )
-                    if taken < quarter or self._empty_stop.is_set():
-                        break
-            except Exception:
-                _log.exception("emptying the flow map failed")
-
-    def _pause(self, paused: bool) -> bool:
-        """The owner is behind by a whole backlog: leave the entries in the kernel map."""
-        self.stats.emptier_paused += 1
-        if not paused:
-            _log.warning(
-                "capture falling behind: %d drained entries wait for the drain; the kernel "
-                "map is left to fill (what its LRU evicts is counted as lost)",
-                self._backlog,
-            )
-        return True
-
-    def _occupancy(self) -> int:
-        """Entries in the flow map now, from the kernel's counters: created minus drained.
-        Entries the LRU evicted still count (an overestimate: the map is emptied sooner)."""
-        created = int(
-            self._bpf["stats"].sum(ctypes.c_uint32(STAT_NAMES.index("flows_created"))).value
-        )
-        drained = int(self._bpf["drained"][ctypes.c_uint32(DR_ENTRIES)].value)
-        return created - drained
-
-    def _empty_map(self) -> int:
-        with self._map_lock:
-            kernel_before = self._read_stats()
-            batches = self._drainer.drain(self._journaled if self._journal else None)
-            packets = nbytes = entries = 0
-            for batch in batches:
-                p, b = totals(batch)
-                packets, nbytes, entries = packets + p, nbytes + b, entries + batch[2]
-            self._add_drained(packets=packets, nbytes=nbytes, entries=entries)
-            self._account(kernel_before)
-            self._pending.extend(batches)
-            self._backlog += entries
-            self.stats.max_pass_entries = max(self.stats.max_pass_entries, entries)
-        return entries
-
-    def _journaled(self, keys: bytes, values: bytes, count: int) -> None:
-        """Append one batch to the journal; a failure (a full disk) costs crash safety
-        for that batch, never the batch itself: it is counted as usual."""
-        assert self._journal is not None
-        try:
-            self._journal.append(keys, values, count)
-        except OSError as exc:
-            self.stats.journal_errors += 1
-            if self.stats.journal_errors == 1 or not self.stats.journal_errors % 1000:
-                _log.error(
-                    "journal append failed (%s; %d times): drained entries are counted but "
-                    "would not survive a crash",
-                    exc,
-                    self.stats.journal_errors,
-                )
-
     # -- FlowSource -------------------------------------------------------------------
     @property
     def finished(self) -> bool:
@@ -509,11 +333,7 @@ class EbpfSource:
         if self._closed:
             return
         started = time.monotonic()
-        self._empty_map()
-        with self._map_lock:
-            pending, self._pending, self._backlog = self._pending, [], 0
-            if self._journal is not None:
-                self._position = self._journal.rotate()
+        pending, self._position = self._live_emptier().take()
         self._directory.new_generation()
         offset = time.time_ns() - time.monotonic_ns()
         with self._lock_guard:
@@ -541,7 +361,7 @@ class EbpfSource:
             )
         self._assembler.end_drain()
         if entries:
-            _trim_heap()
+            trim_heap()
         s, a = self.stats, self._assembler.stats
         s.drains += 1
         s.drain_method = self._drainer.method.value
@@ -561,65 +381,26 @@ class EbpfSource:
     def recover(self, position: int) -> int:
         """Hand the journal's entries after `position` to the next `drain()`; returns how
         many. Call once, after restoring the checkpoint that includes `position`."""
-        if self._journal is None:
-            return 0
-        with self._map_lock:
-            recovered = self._journal.recover(position)
-            step = self._drainer.chunk
-            self._pending[:0] = [
-                batch_of(recovered[i : i + step]) for i in range(0, len(recovered), step)
-            ]
-            self._backlog += len(recovered)
+        recovered = self._live_emptier().recover(position)
         if recovered:
-            _log.info("recovered %d drained entries from the journal", len(recovered))
-        return len(recovered)
+            _log.info("recovered %d drained entries from the journal", recovered)
+        return recovered
 
     def acknowledge(self, position: int) -> None:
         """Everything up to `position` is counted and checkpointed: drop it from the journal."""
-        if self._journal is not None:
-            self._journal.acknowledge(position)
+        self._live_emptier().acknowledge(position)
 
-    def _read_stats(self) -> dict[str, int]:
-        table = self._bpf["stats"]
-        return {name: int(table.sum(ctypes.c_uint32(i)).value) for i, name in enumerate(STAT_NAMES)}
-
-    def _drained_totals(self) -> tuple[int, int, int]:
-        table = self._bpf["drained"]
-        return (
-            int(table[ctypes.c_uint32(DR_PACKETS)].value),
-            int(table[ctypes.c_uint32(DR_BYTES)].value),
-            int(table[ctypes.c_uint32(DR_ENTRIES)].value),
-        )
-
-    def _add_drained(self, *, packets: int, nbytes: int, entries: int) -> None:
-        if not entries:
-            return
-        table = self._bpf["drained"]
-        for index, add in ((DR_PACKETS, packets), (DR_BYTES, nbytes), (DR_ENTRIES, entries)):
-            key = ctypes.c_uint32(index)
-            table[key] = ctypes.c_uint64(int(table[key].value) + add)
-
-    def _account(self, kernel_before: dict[str, int]) -> None:
-        s = self.stats
-        s.kernel = self._read_stats()
-        s.drained_packets, s.drained_bytes, s.drained_entries = self._drained_totals()
-        # Everything counted before this pass started was drained now or earlier, unless
-        # the LRU evicted it (or an update raced with deletion): lower bounds, exact at rest.
-        s.evicted_entries = max(
-            s.evicted_entries, kernel_before["flows_created"] - s.drained_entries
-        )
-        failed = kernel_before["update_failed"]
-        s.lost_packets = max(s.lost_packets, kernel_before["packets"] - s.drained_packets + failed)
-        s.lost_bytes = max(s.lost_bytes, kernel_before["bytes"] - s.drained_bytes)
+    def _live_emptier(self) -> MapEmptier:
+        if self._emptier is None:  # pragma: no cover - set by _setup before any use
+            raise RuntimeError("the capture is not set up")
+        return self._emptier
 
     def stop(self) -> None:
         """Stop watching links; detach the programs unless persisting. Drain afterwards."""
         if self._stopped:
             return
         self._stopped = True
-        self._empty_stop.set()
-        if self._emptier.is_alive():
-            self._emptier.join(timeout=30)
+        self._live_emptier().stop()
         if self._watcher is not None:
             self._watcher.stop()
         if self._watch_attacher is not None:
@@ -646,8 +427,7 @@ class EbpfSource:
         self._attacher.close()
         self._ipr.close()
         self._bpf.cleanup()
-        if self._journal is not None:
-            self._journal.close()
+        self._live_emptier().close()
         if not self.options.persist:
             bpffs.remove_pins(self._pin_dir)
         self._scope_lock.release()

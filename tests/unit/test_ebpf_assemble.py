@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from netwatch.capture.assemble import Assembler, Observation
+from netwatch.capture.assemble import Assembler
 from netwatch.capture.conntrack import ConntrackReader, Dnat, Query
 from netwatch.capture.listeners import SocketTable
+from netwatch.capture.observation import Observation
 from netwatch.core.flow import Orientation
 from netwatch.core.model import Protocol
 

@@ -9,9 +9,10 @@ import pytest
 from click.testing import CliRunner
 
 from netwatch.capture.accumulate import Accumulator
-from netwatch.capture.assemble import Assembler, Observation
+from netwatch.capture.assemble import Assembler
 from netwatch.capture.ebpf import EbpfOptions, render_program
 from netwatch.capture.layout import F_FIRST_TO_POD, F_OPENER_FROM_POD, KEY, VALUE, batch_of
+from netwatch.capture.observation import Observation
 from netwatch.cli.main import cli
 from netwatch.core.flow import Connection, Orientation
 from netwatch.core.model import Protocol

@@ -13,7 +13,7 @@ import struct
 from collections.abc import Sequence
 from pathlib import Path
 
-from netwatch.capture.assemble import Assembler, Observation
+from netwatch.capture.assemble import Assembler
 from netwatch.capture.conntrack import ConntrackReader, Dnat, Query
 from netwatch.capture.layout import (
     F_FIRST_TO_POD,
@@ -26,6 +26,7 @@ from netwatch.capture.layout import (
     entries,
     totals,
 )
+from netwatch.capture.observation import Observation
 from netwatch.core.flow import Connection, Orientation
 from netwatch.core.model import Protocol
 

@@ -16,8 +16,11 @@ from __future__ import annotations
 import ctypes
 import enum
 import errno
+import functools
 import logging
 import os
+import platform
+import time
 from collections.abc import Callable
 
 from netwatch.capture.layout import KEY, VALUE, Batch, batch_of
@@ -37,6 +40,9 @@ STAT_NAMES = (
     "icmp6_control",
 )
 DR_PACKETS, DR_BYTES, DR_ENTRIES = 0, 1, 2
+DR_ACTIVE = 3
+"""`drained[DR_ACTIVE]`: the flow map the programs write to (0 `flows`, 1 `flows_b`)."""
+FLOW_MAPS = ("flows", "flows_b")
 BPF_MAP_TYPE_HASH_LRU, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_ARRAY = 9, 6, 2
 _UNSUPPORTED = {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, 524}  # 524: ENOTSUPP
 
@@ -160,3 +166,31 @@ class MapDrainer:
 
 class _Unsupported(Exception):
     pass
+
+
+_MEMBARRIER_NR = {"x86_64": 324, "aarch64": 283}
+_MEMBARRIER_CMD_GLOBAL = 1
+GRACE_S = 0.05
+"""Wait after switching flow maps where membarrier cannot: TC programs run for
+microseconds with preemption off, so this is ample — but not a guarantee."""
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def wait_for_programs() -> bool:
+    """Return once no BPF program that started before the call can still be running.
+
+    membarrier(MEMBARRIER_CMD_GLOBAL) is synchronize_rcu() (kernel/sched/membarrier.c),
+    and TC programs run inside RCU read-side sections: after it, nothing holds a pointer
+    into the flow map that was active before. About 10 ms. Where the call is refused
+    (nohz_full, no CONFIG_MEMBARRIER, another architecture) a `GRACE_S` sleep stands in
+    (False is returned, so the caller can say so once).
+    """
+    nr = _MEMBARRIER_NR.get(platform.machine())
+    if nr is not None and _libc().syscall(nr, _MEMBARRIER_CMD_GLOBAL, 0) == 0:
+        return True
+    time.sleep(GRACE_S)
+    return False

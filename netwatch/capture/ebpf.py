@@ -43,6 +43,7 @@ from netwatch.capture.bpf_maps import (
     BPF_MAP_TYPE_ARRAY,
     BPF_MAP_TYPE_HASH_LRU,
     BPF_MAP_TYPE_PERCPU_ARRAY,
+    FLOW_MAPS,
     STAT_NAMES,
     CaptureSetupError,
     DrainMethod,
@@ -194,9 +195,13 @@ class EbpfSource:
         keep_batches_off_the_heap()
         self._fds = (ingress.fd, egress.fd)
         self._prog_names = (ingress.name, egress.name)
-        flows = self._bpf["flows"]
-        self._drainer = MapDrainer(
-            flows.get_fd(), max_entries=self.options.map_size, method=self.options.drain_method
+        first, second = (
+            MapDrainer(
+                self._bpf[name].get_fd(),
+                max_entries=self.options.map_size,
+                method=self.options.drain_method,
+            )
+            for name in FLOW_MAPS
         )
         if self.options.journal_dir is not None:
             try:
@@ -207,7 +212,7 @@ class EbpfSource:
                 raise CaptureSetupError(str(exc)) from exc
         self._emptier = MapEmptier(
             bpf=self._bpf,
-            drainer=self._drainer,
+            drainers=(first, second),
             journal=self._journal,
             stats=self.stats,
             map_size=self.options.map_size,
@@ -237,7 +242,10 @@ class EbpfSource:
 
     def _check_pinned(self) -> None:
         expected = {
-            "flows": (BPF_MAP_TYPE_HASH_LRU, KEY.size, VALUE.size, self.options.map_size),
+            **{
+                name: (BPF_MAP_TYPE_HASH_LRU, KEY.size, VALUE.size, self.options.map_size)
+                for name in FLOW_MAPS
+            },
             "stats": (BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, len(STAT_NAMES)),
             "drained": (BPF_MAP_TYPE_ARRAY, 4, 8, 4),
         }
@@ -249,7 +257,7 @@ class EbpfSource:
             if got != (mtype, ksize, vsize, entries):
                 hint = (
                     f"run with --map-size {info.max_entries}"
-                    if name == "flows" and got[:3] == (mtype, ksize, vsize)
+                    if name in FLOW_MAPS and got[:3] == (mtype, ksize, vsize)
                     else "it was made by another netwatch version"
                 )
                 raise CaptureSetupError(
@@ -351,7 +359,7 @@ class EbpfSource:
                 start_ns=self._start_ns,
                 defer=deferred,
             )
-        step = self._drainer.chunk
+        step = self._live_emptier().chunk
         for i in range(0, len(deferred), step):
             yield self._assembler.assemble_entries(
                 batch_of(deferred[i : i + step]),
@@ -364,7 +372,7 @@ class EbpfSource:
             trim_heap()
         s, a = self.stats, self._assembler.stats
         s.drains += 1
-        s.drain_method = self._drainer.method.value
+        s.drain_method = self._live_emptier().method
         s.last_drain_entries = entries
         s.reported, s.suppressed, s.dnat_resolved = a.reported, a.suppressed, a.dnat_resolved
         s.orientation = dict(a.orientation)

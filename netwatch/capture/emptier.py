@@ -1,16 +1,21 @@
-"""The thread that keeps the eBPF flow map from filling, and the capture's counters.
+"""The thread that keeps the eBPF flow maps from filling, and the capture's counters.
 
-`MapEmptier` moves entries out of the kernel's LRU map by lookup-and-delete
-(`bpf_maps.MapDrainer`) into memory, where they wait packed (`layout.Batch`) for the
-owner's next drain (`take()`). Every `EMPTY_INTERVAL_S` its thread checks how full the
-map is (entries the program created minus entries drained — both kernel counters) and
-empties it from half full, again at once while a pass still takes a quarter of the map.
-Below half it leaves the entries where they are: an entry kept until the drain folds
-every later packet of its conversation in, so a busy connection is one entry per drain
-rather than one per pass (fewer entries to process, fewer created in the kernel, fewer
-passes racing the program's updates). When the owner falls behind by a whole backlog
-(`EbpfOptions.backlog`), the thread stops emptying: the map buffers, and what its LRU
-then evicts is counted as lost — the process does not grow without bound.
+`MapEmptier` moves entries out of the kernel's LRU maps into memory, where they wait
+packed (`layout.Batch`) for the owner's next drain (`take()`). The programs write to
+one of two maps (`bpf/flows.c`); a pass makes the other one active, waits until no
+program can still be writing to the old one (`bpf_maps.wait_for_programs`) and then
+empties it by lookup-and-delete (`bpf_maps.MapDrainer`) — alone, so every increment is
+in what it copies: no packet lost to a race with the deletion.
+
+Every `EMPTY_INTERVAL_S` the thread checks how full the active map is (entries the
+program created minus entries drained — both kernel counters) and empties it from half
+full, again at once while a pass still takes a quarter of the map. Below half it leaves
+the entries where they are: an entry kept until the drain folds every later packet of
+its conversation in, so a busy connection is one entry per drain rather than one per
+pass (fewer entries to process, fewer created in the kernel). When the owner falls
+behind by a whole backlog (`EbpfOptions.backlog`), the thread stops emptying: the map
+buffers, and what its LRU then evicts is counted as lost — the process does not grow
+without bound.
 
 Each pass appends its batches to the write-ahead journal (`journal`) the moment the
 syscall returns them, adds what it took to the pinned `drained` array, and derives the
@@ -26,7 +31,15 @@ import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from netwatch.capture.bpf_maps import DR_BYTES, DR_ENTRIES, DR_PACKETS, STAT_NAMES, MapDrainer
+from netwatch.capture.bpf_maps import (
+    DR_ACTIVE,
+    DR_BYTES,
+    DR_ENTRIES,
+    DR_PACKETS,
+    STAT_NAMES,
+    MapDrainer,
+    wait_for_programs,
+)
 from netwatch.capture.journal import Journal
 from netwatch.capture.layout import Batch, batch_of, totals
 
@@ -82,16 +95,18 @@ class MapEmptier:
         self,
         *,
         bpf: Any,
-        drainer: MapDrainer,
+        drainers: tuple[MapDrainer, MapDrainer],
         journal: Journal | None,
         stats: CaptureStats,
         map_size: int,
         backlog: int,
     ) -> None:
-        """`bpf`: the loaded `bcc.BPF` (its `stats` and `drained` maps); `backlog`: most
-        entries waiting for `take()` before the thread stops emptying."""
+        """`bpf`: the loaded `bcc.BPF` (its `stats` and `drained` maps); `drainers`: of
+        `flows` and `flows_b`; `backlog`: most entries waiting for `take()` before the
+        thread stops emptying."""
         self._bpf = bpf
-        self._drainer = drainer
+        self._drainers = drainers
+        self._barrier_warned = False
         self._journal = journal
         self.stats = stats
         self._half, self._quarter = map_size // 2, map_size // 4
@@ -133,7 +148,7 @@ class MapEmptier:
             return 0
         with self._lock:
             recovered = self._journal.recover(position)
-            step = self._drainer.chunk
+            step = self._drainers[0].chunk
             self._pending[:0] = [
                 batch_of(recovered[i : i + step]) for i in range(0, len(recovered), step)
             ]
@@ -184,10 +199,23 @@ class MapEmptier:
         return created - drained
 
     def empty(self) -> int:
-        """One lookup-and-delete pass over the whole map; returns the entries taken."""
+        """One pass: switch maps, wait out the programs, empty the old one (and any
+        leftovers of the idle one, e.g. after a crash mid-pass); returns the entries."""
         with self._lock:
+            record = self._journaled if self._journal else None
+            # Read before the switch: all of it went into the maps emptied below.
             kernel_before = self._read_stats()
-            batches = self._drainer.drain(self._journaled if self._journal else None)
+            active = self._active()
+            batches = self._drainers[1 - active].drain(record)
+            self._set_active(1 - active)
+            if not wait_for_programs() and not self._barrier_warned:
+                self._barrier_warned = True
+                _log.warning(
+                    "membarrier(MEMBARRIER_CMD_GLOBAL) unavailable: waiting a fixed grace "
+                    "period after switching flow maps instead (a slower program's packet "
+                    "would show as lost)"
+                )
+            batches += self._drainers[active].drain(record)
             packets = nbytes = entries = 0
             for batch in batches:
                 p, b = totals(batch)
@@ -214,6 +242,22 @@ class MapEmptier:
                     exc,
                     self.stats.journal_errors,
                 )
+
+    def _active(self) -> int:
+        return 1 if int(self._bpf["drained"][ctypes.c_uint32(DR_ACTIVE)].value) == 1 else 0
+
+    def _set_active(self, index: int) -> None:
+        self._bpf["drained"][ctypes.c_uint32(DR_ACTIVE)] = ctypes.c_uint64(index)
+
+    @property
+    def method(self) -> str:
+        """The lookup-and-delete variant in use (`bpf_maps.DrainMethod`)."""
+        return self._drainers[0].method.value
+
+    @property
+    def chunk(self) -> int:
+        """Most entries one batch holds."""
+        return self._drainers[0].chunk
 
     # -- loss accounting ----------------------------------------------------------------
     def _read_stats(self) -> dict[str, int]:

@@ -16,10 +16,16 @@
 //   * Bytes are whole IP packets: skb->len minus the link-layer header (Ethernet plus any
 //     802.1Q/802.1ad tags), i.e. exactly the IP length tcpdump reports on the same veth,
 //     GSO/GRO super-packets included (they are one packet to TC and to AF_PACKET alike).
-//   * Aggregation happens in an LRU hash (`flows`, NW_MAP_SIZE entries) drained by
-//     userspace with BPF_MAP_LOOKUP_AND_DELETE_BATCH; the fallbacks (per-key
-//     lookup-and-delete, then lookup + delete) live in userspace (bpf_maps.py); a
-//     userspace thread checks the fill every 250 ms and empties the map from half full.
+//   * Aggregation happens in two LRU hashes (`flows`, `flows_b`, NW_MAP_SIZE entries
+//     each), one of them active: `drained[DR_ACTIVE]` says which. Userspace empties
+//     one by switching the other active, waiting until no program can still hold a
+//     pointer into it (membarrier(MEMBARRIER_CMD_GLOBAL) = synchronize_rcu(); TC
+//     programs run under rcu_read_lock), then draining it with
+//     BPF_MAP_LOOKUP_AND_DELETE_BATCH — nobody writes to it any more, so no increment
+//     can land in an entry being copied or deleted (or in a freed LRU element another
+//     flow reuses). The fallbacks (per-key lookup-and-delete, then lookup + delete)
+//     live in userspace (bpf_maps.py); a userspace thread checks the fill every 250 ms
+//     and empties the active map from half full.
 //   * All maps are pinned under NW_PIN_DIR (BPF_TABLE_PINNED): a restarted capture process
 //     reuses them, and programs left attached keep counting into them meanwhile, so what
 //     was not drained yet is drained by the next process — nothing lost, nothing twice.
@@ -38,8 +44,9 @@
 //     attributed to a connection. Protocols other than TCP/UDP/SCTP/ICMP(v6) are counted
 //     in ST_OTHER_PROTO; non-IP frames (ARP, LLDP) in ST_NON_IP; ICMPv6 neighbour
 //     discovery / MLD (link-local control, not conversations) in ST_ICMP6_CONTROL.
-//   * A packet that updates an entry while userspace is deleting it can be lost; it then
-//     shows up in the lost counters (ST_PACKETS exceeds what was drained).
+//   * Where membarrier is unavailable (nohz_full, no CONFIG_MEMBARRIER), userspace waits
+//     a fixed grace period instead: a program still running past it could lose its
+//     increment, which would show in the lost counters.
 //
 // Options (-D flags, see `netwatch capture --print-bpf`)
 //   NW_MAP_SIZE   max entries of the LRU flow map
@@ -84,6 +91,7 @@
 #define DR_PACKETS 0
 #define DR_BYTES 1
 #define DR_ENTRIES 2
+#define DR_ACTIVE 3 // which flow map the programs write to: 0 `flows`, 1 `flows_b`
 #define DR_MAX 4
 
 struct flow_key {
@@ -107,8 +115,23 @@ struct flow_val {
 
 BPF_TABLE_PINNED("lru_hash", struct flow_key, struct flow_val, flows, NW_MAP_SIZE,
                  NW_PIN_DIR "/flows");
+BPF_TABLE_PINNED("lru_hash", struct flow_key, struct flow_val, flows_b, NW_MAP_SIZE,
+                 NW_PIN_DIR "/flows_b");
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, stats, ST_MAX, NW_PIN_DIR "/stats");
 BPF_TABLE_PINNED("array", __u32, __u64, drained, DR_MAX, NW_PIN_DIR "/drained");
+
+// The active flow map (see "Aggregation" above); bcc allows no map call in a macro.
+static __always_inline struct flow_val *flow_lookup(int second, struct flow_key *key) {
+    if (second)
+        return flows_b.lookup(key);
+    return flows.lookup(key);
+}
+
+static __always_inline int flow_insert(int second, struct flow_key *key, struct flow_val *val) {
+    if (second)
+        return flows_b.insert(key, val);
+    return flows.insert(key, val);
+}
 
 static __always_inline void stat_add(__u32 idx, __u64 n) {
     __u64 *c = stats.lookup(&idx);
@@ -287,8 +310,11 @@ static __always_inline int account(struct __sk_buff *skb, int dir) {
         key.peer_port = sport;
     }
 
+    __u32 sel = DR_ACTIVE;
+    __u64 *active = drained.lookup(&sel);
+    int second = active && *active == 1;
     __u64 now = bpf_ktime_get_ns();
-    struct flow_val *v = flows.lookup(&key);
+    struct flow_val *v = flow_lookup(second, &key);
     if (!v) {
         struct flow_val nv = {};
         nv.packets[dir] = 1;
@@ -296,13 +322,13 @@ static __always_inline int account(struct __sk_buff *skb, int dir) {
         nv.first_ns = now;
         nv.last_ns = now;
         nv.flags = flags | (dir == DIR_TO_POD ? F_FIRST_TO_POD : 0);
-        if (flows.insert(&key, &nv) == 0) { // BPF_NOEXIST: we created it
+        if (flow_insert(second, &key, &nv) == 0) { // BPF_NOEXIST: we created it
             stat_add(ST_INSERTS, 1);
             stat_add(ST_PACKETS, 1);
             stat_add(ST_BYTES, ip_len);
             return TC_ACT_UNSPEC;
         }
-        v = flows.lookup(&key); // another CPU created it meanwhile
+        v = flow_lookup(second, &key); // another CPU created it meanwhile
         if (!v) {
             stat_add(ST_UPDATE_FAILED, 1);
             return TC_ACT_UNSPEC;

@@ -183,7 +183,8 @@ def _server_config(
     type=click.IntRange(min=16),
     default=65536,
     show_default=True,
-    help="eBPF: entries of the in-kernel flow map; checked every 250 ms and emptied from "
+    help="eBPF: entries of each of the two in-kernel flow maps (168 bytes each); the "
+    "active one is checked every 250 ms and emptied from "
     "half full. Size it above 4 x (new entries in 250 ms) and, so that a busy connection "
     "is one entry per drain, above 2 x (connections active in a drain interval) — a "
     "connection between two pods of the node takes an entry per veth. Overflow shows in "

@@ -154,7 +154,7 @@ def _write_stats(path: str | None, source: FlowSource, *, backend: str, records:
     type=click.IntRange(min=16),
     default=65536,
     show_default=True,
-    help="Entries of the in-kernel LRU flow map (-DNW_MAP_SIZE).",
+    help="Entries of each of the two in-kernel LRU flow maps (-DNW_MAP_SIZE).",
 )
 @click.option(
     "--every",

@@ -225,3 +225,58 @@ def test_cli_replay_needs_flows(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "--flows" in result.output
+
+
+class InParts:
+    """A `Parted` source over the replay: every drain one record per part; `fail_at`
+    raises before that part (a map that vanished mid-drain). `drain()` must not be used."""
+
+    def __init__(self, inner: object, fail_at: int | None = None) -> None:
+        self.inner = inner
+        self.fail_at = fail_at
+
+    @property
+    def finished(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.inner.close()  # type: ignore[attr-defined]
+
+    def drain(self) -> list[Connection]:
+        raise AssertionError("the agent must consume a Parted source in parts")
+
+    def drain_parts(self) -> Iterator[list[Connection]]:
+        for i, record in enumerate(self.inner.drain()):  # type: ignore[attr-defined]
+            if i == self.fail_at:
+                raise OSError("map gone mid-drain")
+            yield [record]
+
+
+def test_a_source_in_parts_is_counted_part_by_part(tmp_path: Path, clock: Clock) -> None:
+    batches = [[], [conn(WEB, API, 8080, at=T0), conn(DB, API, 8080, at=T0, cport=40001)]]
+    agent, _ = make_agent(tmp_path, batches, clock)
+    agent._flows = InParts(agent._flows)
+    agent.start()
+    try:
+        agent.step()
+        assert agent.records_total == 2
+        assert get(agent, "/readyz")[0] == 200
+    finally:
+        agent.shutdown()
+
+
+def test_a_drain_failing_midway_keeps_what_came_before_and_turns_readiness_off(
+    tmp_path: Path, clock: Clock
+) -> None:
+    batches = [[], [conn(WEB, API, 8080, at=T0), conn(DB, API, 8080, at=T0, cport=40001)]]
+    agent, _ = make_agent(tmp_path, batches, clock)
+    agent._flows = InParts(agent._flows, fail_at=1)
+    agent.start()
+    try:
+        agent.step()
+        assert agent.records_total == 1  # the first part was counted
+        assert get(agent, "/readyz")[0] == 503
+        flows = samples(agent, "netwatch_flows_total")
+        assert sum(flows.values()) == 1
+    finally:
+        agent.shutdown()

@@ -65,9 +65,9 @@ from netwatch.core.model import Protocol
 
 _FIN, _RST = 0x01, 0x04
 _TRANSPORTS = (Protocol.TCP, Protocol.UDP, Protocol.SCTP)
-_NEWS = F_OPENER_FROM_POD | F_OPENER_TO_POD | (_FIN | _RST) | ((_FIN | _RST) << 8)
-"""Flag bits that may change a remembered decision: such entries take the slow path."""
 _OPENERS = F_OPENER_FROM_POD | F_OPENER_TO_POD
+_NEWS = _OPENERS | (_FIN | _RST) | ((_FIN | _RST) << 8)
+"""Flag bits that may change a remembered decision: such entries take the slow path."""
 
 
 @dataclass(slots=True)
@@ -147,11 +147,6 @@ class Assembler:
     @property
     def local_pods(self) -> dict[str, int]:
         return dict(self._local_pods)
-
-    @property
-    def remembered(self) -> int:
-        """Conversations whose decision is kept (for sizing and tests)."""
-        return len(self._memory)
 
     def is_pod(self, ip: str) -> bool:
         return ip in self._local_pods or self._is_cluster_pod(ip)

@@ -31,7 +31,8 @@ def keep_batches_off_the_heap() -> None:
 
 
 def trim_heap() -> None:
-    """Return the heap's free pages after a drain (its transient records freed)."""
+    """Return the heap's free pages (after the compile; after a drain, its transient
+    records freed). Not glibc (musl and friends have no malloc_trim): nothing happens."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
@@ -47,8 +48,7 @@ def return_compiler_memory(maps: Path = Path("/proc/self/maps")) -> None:
     only: writable mappings are left alone (nothing goes to swap), and a page needed
     again later is simply read back. Not glibc, or an older kernel: nothing happens.
     """
-    with contextlib.suppress(OSError, AttributeError):  # musl and friends: no malloc_trim
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    trim_heap()
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         madvise = libc.madvise
